@@ -67,3 +67,18 @@ moex_component(moex_runtime DIRS runtime DEPS moex_model moex_cpu moex_cuda)
 # The whole library.
 add_library(moex_lib INTERFACE)
 target_link_libraries(moex_lib INTERFACE moex_runtime moex_model moex_weights moex_tokenizer moex_cpu moex_cuda moex_core)
+
+# Benchmarks and operator test sets (`moex bench ...`, `moex test-set ...`).
+file(GLOB_RECURSE bench_sources CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/bench/*.cpp)
+if(MOEX_WITH_CUDA)
+  file(GLOB_RECURSE bench_cuda_sources CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/bench/*.cu)
+  list(APPEND bench_sources ${bench_cuda_sources})
+endif()
+if(bench_sources)
+  add_library(moex_bench STATIC ${bench_sources})
+  target_include_directories(moex_bench PUBLIC ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(moex_bench PUBLIC moex_runtime moex_model moex_cpu moex_cuda moex_core nlohmann_json::nlohmann_json)
+else()
+  add_library(moex_bench INTERFACE)
+endif()
+target_link_libraries(moex_lib INTERFACE moex_bench)
