@@ -1,6 +1,6 @@
 // Expert selection for one MoE layer. Integer outputs are exact: every backend must pick the
-// same experts in the same slot order (ties broken toward the lower expert id, as torch.topk
-// does on CPU for equal values; documented in docs/kernels/routing.md).
+// same experts in the same slot order. Ties are broken toward the lower expert id: moex's own
+// rule (torch.topk leaves the order of equal values unspecified), see docs/kernels/routing.md.
 #pragma once
 #include "core/tensor.h"
 

@@ -22,8 +22,16 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 0;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  double mscale = 1.0;
-  double mscale_all_dim = 0.0;
+  double mscale = 1.0;          // with YaRN: 0 when config.json omits it (HF None)
+  double mscale_all_dim = 0.0;  // 0 when omitted
+  // Factor on cos/sin, as HF computes it: "attention_factor" if given, else
+  // mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are set, else
+  // mscale(factor, 1); 1 without YaRN.
+  double attention_factor = 1.0;
+  bool truncate = true;  // YaRN: floor/ceil the correction range (HF "truncate", default true)
+  // Rotary pairs are (x0, x1), (x2, x3)... instead of (x_i, x_{i+d/2}): DeepSeek-V2 always,
+  // DeepSeek-V3 when "rope_interleave" (default true).
+  bool interleave = false;
 };
 
 struct ModelConfig {
@@ -44,7 +52,7 @@ struct ModelConfig {
   // Attention, GQA families (Qwen3-MoE, Mixtral).
   int64_t num_attention_heads = 0;
   int64_t num_key_value_heads = 0;
-  int64_t head_dim = 0;            // Qwen3: config head_dim; Mixtral: hidden / heads
+  int64_t head_dim = 0;            // config head_dim, else hidden / heads; 0 for MLA
   bool qk_norm = false;            // Qwen3: per-head RMSNorm on q and k before RoPE
   int64_t sliding_window = 0;      // Mixtral; 0 = none (null in config.json)
 
@@ -75,6 +83,8 @@ struct ModelConfig {
   double routed_scaling_factor = 1.0;
 
   bool is_mla() const { return arch == Arch::kDeepseekV2 || arch == Arch::kDeepseekV3; }
+  // noaux_tc routing adds a per-expert e_score_correction_bias [num_experts] to the selection scores.
+  bool has_score_correction_bias() const { return topk_method == ops::TopkMethod::kNoauxTc; }
   // True when layer `i` has routed experts (false: a dense MLP of intermediate_size).
   bool is_moe_layer(int64_t i) const;
   // Softmax scale of attention, including YaRN's mscale^2 correction for MLA.
@@ -86,5 +96,8 @@ struct ModelConfig {
 // refused with a message naming the field.
 Expected<ModelConfig> load_model_config(const std::string& model_dir);
 Expected<ModelConfig> parse_model_config(const std::string& json_text, const std::string& source_name);
+// Merges generation_config.json: its eos_token_id (int or list) ids are added to the config's,
+// and its bos_token_id fills a missing one.
+Status apply_generation_config(const std::string& json_text, const std::string& source_name, ModelConfig* config);
 
 }  // namespace moex
