@@ -1,0 +1,59 @@
+// The CUDA backend: one device, one stream, stream-ordered scratch. Ops validate on the host
+// (returning a Status that names the tensor at fault), then launch; none waits for the device.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+#include "kernels/common/scratch.h"
+
+namespace moex {
+
+class CudaBackend final : public Backend, private kernels::Scratch {
+ public:
+  static Expected<std::unique_ptr<Backend>> create(int device_index);
+  ~CudaBackend() override;
+
+  DeviceType device() const override { return DeviceType::kCuda; }
+  std::string name() const override { return name_; }
+  DType activation_dtype() const override { return DType::kBF16; }
+  cudaStream_t stream() const { return stream_; }
+
+  Expected<Buffer> alloc(size_t bytes) override;
+  void free(void* data) override;
+  Status copy_from_host(void* dst, const void* src, size_t bytes) override;
+  Status copy_to_host(void* dst, const void* src, size_t bytes) override;
+  Status fill(void* dst, uint8_t byte, size_t bytes) override;
+  Status synchronize() override;
+
+  Status embedding(const ops::EmbeddingParams& p) override;
+  Status copy(const ops::CopyParams& p) override;
+  Status add(const ops::AddParams& p) override;
+  Status silu_mul(const ops::SiluMulParams& p) override;
+  Status rms_norm(const ops::RmsNormParams& p) override;
+  Status matmul(const ops::MatmulParams& p) override;
+  Status rope(const ops::RopeParams& p) override;
+  Status route(const ops::RouteParams& p) override;
+  Status fused_moe(const ops::FusedMoeParams& p) override;
+  Status cache_write(const ops::CacheWriteParams& p) override;
+  Status gqa_attention(const ops::GqaAttentionParams& p) override;
+  Status mla_attention(const ops::MlaAttentionParams& p) override;
+
+ private:
+  CudaBackend(int device, cudaStream_t stream, std::string name)
+      : device_(device), stream_(stream), name_(std::move(name)) {}
+  void* get(size_t bytes) override;  // kernels::Scratch
+
+  int device_;
+  cudaStream_t stream_;
+  std::string name_;
+  void* scratch_ = nullptr;  // grown stream-ordered (cudaMallocAsync), never shrunk
+  size_t scratch_bytes_ = 0;
+};
+
+// "cuda <op>: <what> (<cuda error string>)" when err is not cudaSuccess.
+Status cuda_status(cudaError_t err, const char* what);
+
+}  // namespace moex

@@ -1,0 +1,30 @@
+// Scratch memory the backend lends to a launcher for the duration of one op (stream-ordered).
+// A launcher asks once with the total it needs and carves the block itself: a second request
+// may move the block.
+#pragma once
+#include <cstddef>
+
+namespace moex::kernels {
+
+class Scratch {
+ public:
+  virtual ~Scratch() = default;
+  // At least `bytes` bytes, 256-byte aligned; nullptr if the device is out of memory.
+  virtual void* get(size_t bytes) = 0;
+};
+
+// Bump allocator over one scratch block: carve(n) returns the next n-byte piece (256-aligned).
+struct ScratchCarver {
+  char* base = nullptr;
+  size_t used = 0;
+  template <class T>
+  T* carve(size_t count) {
+    T* p = reinterpret_cast<T*>(base + used);
+    used += (count * sizeof(T) + 255) / 256 * 256;
+    return p;
+  }
+  template <class T>
+  static size_t bytes_for(size_t count) { return (count * sizeof(T) + 255) / 256 * 256; }
+};
+
+}  // namespace moex::kernels

@@ -1,0 +1,122 @@
+// Dense (optionally batched) out = alpha * x @ w^T (+ out). See mma_tile.cuh for the K order.
+#include "kernels/common/dtype.cuh"
+#include "kernels/gemm/gemm.h"
+#include "kernels/gemm/mma_tile.cuh"
+
+namespace moex::kernels {
+namespace {
+
+struct DenseArgs {
+  const void* x; int64_t sxb, sxm;   // x [b, m, k], k contiguous
+  const void* w; int64_t swb, swn;   // w [b, n, k], k contiguous
+  void* out; int64_t sob, som, son;  // out [b, m, n]
+  int m, n, k;
+  float alpha;
+  bool accumulate;
+};
+
+template <class Cfg, bool kVec, class TOut>
+__global__ void __launch_bounds__(gemm::kThreads) dense_mma_kernel(DenseArgs a) {
+  __shared__ __align__(128) gemm::SmemTile<Cfg> s;
+  const int b = blockIdx.z;
+  const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
+  const auto* x = static_cast<const __nv_bfloat16*>(a.x) + b * a.sxb;  // [m, k]
+  const auto* w = static_cast<const __nv_bfloat16*>(a.w) + b * a.swb;  // [n, k]
+  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x)
+    s.a_row[r] = (m0 + r < a.m) ? x + int64_t(m0 + r) * a.sxm : nullptr;
+  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x)
+    s.b_row[c] = (n0 + c < a.n) ? w + int64_t(n0 + c) * a.swn : nullptr;
+  __syncthreads();
+  gemm::mma_tile<Cfg, kVec>(s, a.k);
+  TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
+  for (int i = threadIdx.x; i < Cfg::BM * Cfg::BN; i += blockDim.x) {
+    const int r = i / Cfg::BN, c = i % Cfg::BN;
+    if (m0 + r >= a.m || n0 + c >= a.n) continue;
+    TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
+    float v = a.alpha * s.c[r][c];
+    if (a.accumulate) v = to_f32(*o) + v;
+    *o = from_f32<TOut>(v);
+  }
+}
+
+// Fallback for f32 / f16 operands: 16x16 output tile per block, fp32 FMA in ascending K order.
+constexpr int kSimtTile = 16;
+template <class TX, class TW, class TOut>
+__global__ void dense_simt_kernel(DenseArgs a) {
+  __shared__ float xs[kSimtTile][kSimtTile + 1];  // (m, k)
+  __shared__ float ws[kSimtTile][kSimtTile + 1];  // (n, k)
+  const int b = blockIdx.z;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int m = blockIdx.y * kSimtTile + ty, n = blockIdx.x * kSimtTile + tx;
+  const TX* x = static_cast<const TX*>(a.x) + b * a.sxb;
+  const TW* w = static_cast<const TW*>(a.w) + b * a.swb;
+  float acc = 0.f;
+  for (int k0 = 0; k0 < a.k; k0 += kSimtTile) {
+    const int xm = blockIdx.y * kSimtTile + ty, wn = blockIdx.x * kSimtTile + ty;
+    xs[ty][tx] = (xm < a.m && k0 + tx < a.k) ? to_f32(x[int64_t(xm) * a.sxm + k0 + tx]) : 0.f;
+    ws[ty][tx] = (wn < a.n && k0 + tx < a.k) ? to_f32(w[int64_t(wn) * a.swn + k0 + tx]) : 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kSimtTile; ++kk) acc = fmaf(xs[ty][kk], ws[tx][kk], acc);
+    __syncthreads();
+  }
+  if (m < a.m && n < a.n) {
+    TOut* o = static_cast<TOut*>(a.out) + b * a.sob + int64_t(m) * a.som + int64_t(n) * a.son;
+    float v = a.alpha * acc;
+    if (a.accumulate) v = to_f32(*o) + v;
+    *o = from_f32<TOut>(v);
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+template <class Cfg, class TOut>
+void launch_mma(const DenseArgs& a, int batch, bool vec, cudaStream_t stream) {
+  const dim3 grid(ceil_div(a.n, Cfg::BN), ceil_div(a.m, Cfg::BM), batch);
+  if (vec) dense_mma_kernel<Cfg, true, TOut><<<grid, gemm::kThreads, 0, stream>>>(a);
+  else dense_mma_kernel<Cfg, false, TOut><<<grid, gemm::kThreads, 0, stream>>>(a);
+}
+
+}  // namespace
+
+cudaError_t launch_matmul(const ops::MatmulParams& p, cudaStream_t stream) {
+  DenseArgs a{};
+  a.x = p.x.data; a.sxb = p.x.stride[0]; a.sxm = p.x.stride[1];
+  a.w = p.w.data; a.swb = p.w.stride[0]; a.swn = p.w.stride[1];
+  a.out = p.out.data; a.sob = p.out.stride[0]; a.som = p.out.stride[1]; a.son = p.out.stride[2];
+  a.m = int(p.x.shape[1]); a.n = int(p.w.shape[1]); a.k = int(p.x.shape[2]);
+  a.alpha = p.alpha; a.accumulate = p.accumulate;
+  const int batch = int(p.x.shape[0]);
+  if (a.m == 0 || a.n == 0 || batch == 0) return cudaSuccess;
+  if (p.x.dtype == DType::kBF16 && p.w.dtype == DType::kBF16) {
+    const bool vec = aligned16(a.x) && aligned16(a.w) && a.sxb % 8 == 0 && a.sxm % 8 == 0 &&
+                     a.swb % 8 == 0 && a.swn % 8 == 0;
+    // The tile shape only changes how much work is wasted on padding rows, never the bits.
+    const bool small = a.m <= 16;
+    if (p.out.dtype == DType::kF32) {
+      small ? launch_mma<gemm::TileSmall, float>(a, batch, vec, stream)
+            : launch_mma<gemm::TileLarge, float>(a, batch, vec, stream);
+    } else {
+      small ? launch_mma<gemm::TileSmall, __nv_bfloat16>(a, batch, vec, stream)
+            : launch_mma<gemm::TileLarge, __nv_bfloat16>(a, batch, vec, stream);
+    }
+    return cudaGetLastError();
+  }
+  const dim3 grid(ceil_div(a.n, kSimtTile), ceil_div(a.m, kSimtTile), batch);
+  const dim3 block(kSimtTile, kSimtTile);
+  bool launched = false;
+  dispatch_act(p.x.dtype, [&](auto tx) {
+    using TX = decltype(tx);
+    dispatch_float(p.w.dtype, [&](auto tw) {
+      using TW = decltype(tw);
+      dispatch_act(p.out.dtype, [&](auto to) {
+        using TO = decltype(to);
+        dense_simt_kernel<TX, TW, TO><<<grid, block, 0, stream>>>(a);
+        launched = true;
+      });
+    });
+  });
+  return launched ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+}  // namespace moex::kernels

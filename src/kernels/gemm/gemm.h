@@ -1,0 +1,13 @@
+// Dense matmul launcher (ops/matmul.h): bf16 x bf16 on tensor cores, other dtype mixes on a
+// plain fp32 SIMT kernel. Shapes are validated by the backend before the call.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "ops/matmul.h"
+
+namespace moex::kernels {
+
+// p.x / p.w / p.out are 3-D ([b, m, k], [b, n, k], [b, m, n]); 2-D callers add a unit batch.
+cudaError_t launch_matmul(const ops::MatmulParams& p, cudaStream_t stream);
+
+}  // namespace moex::kernels

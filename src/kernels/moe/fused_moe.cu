@@ -1,0 +1,185 @@
+// Steps 2-4 of fused MoE (grouped GEMMs and the slot-order combine) and the launcher.
+#include <algorithm>
+
+#include "kernels/common/dtype.cuh"
+#include "kernels/gemm/mma_tile.cuh"
+#include "kernels/moe/moe.h"
+
+namespace moex::kernels {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+struct MoeGemmArgs {
+  const bf16* x; int64_t sx;         // [tokens, hidden] row stride sx
+  const bf16* w13; int64_t sw13_e, sw13_r;  // [local_experts, 2 * inter, hidden]
+  const bf16* w2; int64_t sw2_e, sw2_r;     // [local_experts, hidden, inter]
+  bf16* h;                           // [num_slots, inter] rows in sorted order
+  float* y;                          // [num_slots, hidden] rows by slot index
+  int top_k, hidden, inter;
+  MoeAlignment al;
+};
+
+// Grouped GEMM 1 with SwiGLU: a block owns BN/2 gate columns and the matching BN/2 up columns,
+// so silu(gate) * up is formed in the epilogue; h is rounded to bf16 once.
+template <class Cfg, bool kVec>
+__global__ void __launch_bounds__(gemm::kThreads) moe_gemm13_kernel(MoeGemmArgs a) {
+  __shared__ __align__(128) gemm::SmemTile<Cfg> s;
+  const int tile = blockIdx.y;
+  if (tile >= *a.al.num_tiles) return;
+  const int e = a.al.tile_expert[tile];
+  const int row0 = a.al.tile_row[tile];
+  const int rows = min(Cfg::BM, a.al.offsets[e + 1] - row0);
+  constexpr int kHalf = Cfg::BN / 2;
+  const int i0 = blockIdx.x * kHalf;
+  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x)
+    s.a_row[r] = r < rows ? a.x + int64_t(a.al.sorted_slots[row0 + r] / a.top_k) * a.sx : nullptr;
+  const bf16* w = a.w13 + int64_t(e) * a.sw13_e;
+  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x) {
+    const int i = i0 + (c % kHalf);
+    const int wrow = (c < kHalf) ? i : a.inter + i;
+    s.b_row[c] = i < a.inter ? w + int64_t(wrow) * a.sw13_r : nullptr;
+  }
+  __syncthreads();
+  gemm::mma_tile<Cfg, kVec>(s, a.hidden);
+  for (int idx = threadIdx.x; idx < Cfg::BM * kHalf; idx += blockDim.x) {
+    const int r = idx / kHalf, c = idx % kHalf;
+    if (r >= rows || i0 + c >= a.inter) continue;
+    const float g = s.c[r][c], u = s.c[r][c + kHalf];
+    a.h[int64_t(row0 + r) * a.inter + i0 + c] = __float2bfloat16_rn(g / (1.f + expf(-g)) * u);
+  }
+}
+
+// Grouped GEMM 2: y[slot] = h[row] @ w2[e]^T in fp32, scattered to the row's slot index.
+template <class Cfg, bool kVec>
+__global__ void __launch_bounds__(gemm::kThreads) moe_gemm2_kernel(MoeGemmArgs a) {
+  __shared__ __align__(128) gemm::SmemTile<Cfg> s;
+  __shared__ int slot[Cfg::BM];
+  const int tile = blockIdx.y;
+  if (tile >= *a.al.num_tiles) return;
+  const int e = a.al.tile_expert[tile];
+  const int row0 = a.al.tile_row[tile];
+  const int rows = min(Cfg::BM, a.al.offsets[e + 1] - row0);
+  const int n0 = blockIdx.x * Cfg::BN;
+  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x) {
+    s.a_row[r] = r < rows ? a.h + int64_t(row0 + r) * a.inter : nullptr;
+    slot[r] = r < rows ? a.al.sorted_slots[row0 + r] : -1;
+  }
+  const bf16* w = a.w2 + int64_t(e) * a.sw2_e;
+  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x)
+    s.b_row[c] = n0 + c < a.hidden ? w + int64_t(n0 + c) * a.sw2_r : nullptr;
+  __syncthreads();
+  gemm::mma_tile<Cfg, kVec>(s, a.inter);
+  for (int idx = threadIdx.x; idx < Cfg::BM * Cfg::BN; idx += blockDim.x) {
+    const int r = idx / Cfg::BN, c = idx % Cfg::BN;
+    if (r >= rows || n0 + c >= a.hidden) continue;
+    a.y[int64_t(slot[r]) * a.hidden + n0 + c] = s.c[r][c];
+  }
+}
+
+// out[t, :] = sum over local slots j in order of w[t, j] * y[t * top_k + j, :], one rounding.
+template <class TOut>
+__global__ void moe_combine_kernel(const float* y, const int32_t* ids, int64_t s_ids, const float* weights,
+                                   int64_t s_w, const int32_t* map, int num_experts, int local_experts,
+                                   int top_k, int hidden, TOut* out, int64_t s_out) {
+  const int t = blockIdx.x;
+  for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < top_k; ++j) {
+      const int id = ids[int64_t(t) * s_ids + j];
+      const int e = map ? ((id >= 0 && id < num_experts) ? map[id] : -1) : ((id >= 0 && id < local_experts) ? id : -1);
+      if (e < 0) continue;
+      acc += weights[int64_t(t) * s_w + j] * y[(int64_t(t) * top_k + j) * hidden + c];
+    }
+    out[int64_t(t) * s_out + c] = from_f32<TOut>(acc);
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+template <class Cfg>
+void launch_gemms(const MoeGemmArgs& a, int max_tiles, bool vec13, bool vec2, cudaStream_t stream) {
+  const dim3 g13(ceil_div(a.inter, Cfg::BN / 2), max_tiles);
+  const dim3 g2(ceil_div(a.hidden, Cfg::BN), max_tiles);
+  if (vec13) moe_gemm13_kernel<Cfg, true><<<g13, gemm::kThreads, 0, stream>>>(a);
+  else moe_gemm13_kernel<Cfg, false><<<g13, gemm::kThreads, 0, stream>>>(a);
+  if (vec2) moe_gemm2_kernel<Cfg, true><<<g2, gemm::kThreads, 0, stream>>>(a);
+  else moe_gemm2_kernel<Cfg, false><<<g2, gemm::kThreads, 0, stream>>>(a);
+}
+
+// Bound on the scratch block per chunk; a chunk holds at least one token.
+constexpr size_t kMaxChunkBytes = size_t(512) << 20;
+
+}  // namespace
+
+cudaError_t launch_fused_moe(const ops::FusedMoeParams& p, Scratch& scratch, cudaStream_t stream) {
+  const int n = int(p.x.shape[0]), hidden = int(p.x.shape[1]);
+  const int top_k = int(p.topk_ids.shape[1]);
+  const int local_experts = int(p.w13.shape[0]), inter = int(p.w2.shape[2]);
+  const int num_experts = p.expert_map.empty() ? local_experts : int(p.expert_map.shape[0]);
+  const int32_t* map = p.expert_map.empty() ? nullptr : p.expert_map.ptr<int32_t>();
+  if (n == 0) return cudaSuccess;
+
+  const size_t per_token = size_t(top_k) * (sizeof(float) * hidden + sizeof(bf16) * inter + 3 * sizeof(int32_t));
+  // Also keep the tile count (grid.y) far below 65535: at most 2^19 slots per chunk.
+  const size_t max_chunk = std::min<size_t>(kMaxChunkBytes / per_token, (size_t(1) << 19) / size_t(top_k));
+  const int chunk = int(std::max<size_t>(1, std::min<size_t>(n, max_chunk)));
+  const int max_slots = chunk * top_k;
+  const int tile_m_bound = gemm::TileSmall::BM;  // the smaller tile needs the most tiles
+  const int max_tiles_bound = moe_max_tiles(max_slots, local_experts, tile_m_bound);
+  using C = ScratchCarver;
+  const size_t bytes = C::bytes_for<int32_t>(local_experts) + C::bytes_for<int32_t>(local_experts + 1) +
+                       C::bytes_for<int32_t>(max_slots) + 2 * C::bytes_for<int32_t>(max_tiles_bound) +
+                       C::bytes_for<int32_t>(1) + C::bytes_for<bf16>(size_t(max_slots) * inter) +
+                       C::bytes_for<float>(size_t(max_slots) * hidden);
+  C carver{static_cast<char*>(scratch.get(bytes))};
+  if (carver.base == nullptr) return cudaErrorMemoryAllocation;
+
+  MoeGemmArgs a{};
+  a.al.counts = carver.carve<int32_t>(local_experts);
+  a.al.offsets = carver.carve<int32_t>(local_experts + 1);
+  a.al.sorted_slots = carver.carve<int32_t>(max_slots);
+  a.al.tile_expert = carver.carve<int32_t>(max_tiles_bound);
+  a.al.tile_row = carver.carve<int32_t>(max_tiles_bound);
+  a.al.num_tiles = carver.carve<int32_t>(1);
+  a.h = carver.carve<bf16>(size_t(max_slots) * inter);
+  a.y = carver.carve<float>(size_t(max_slots) * hidden);
+  a.sx = p.x.stride[0];
+  a.w13 = p.w13.ptr<bf16>(); a.sw13_e = p.w13.stride[0]; a.sw13_r = p.w13.stride[1];
+  a.w2 = p.w2.ptr<bf16>(); a.sw2_e = p.w2.stride[0]; a.sw2_r = p.w2.stride[1];
+  a.top_k = top_k; a.hidden = hidden; a.inter = inter;
+  const bool vec13 = aligned16(p.x.data) && a.sx % 8 == 0 && aligned16(a.w13) && a.sw13_e % 8 == 0 && a.sw13_r % 8 == 0;
+  const bool vec2 = inter % 8 == 0 && aligned16(a.w2) && a.sw2_e % 8 == 0 && a.sw2_r % 8 == 0;
+
+  for (int t0 = 0; t0 < n; t0 += chunk) {
+    const int tokens = std::min(chunk, n - t0);
+    const int slots = tokens * top_k;
+    const int32_t* ids = p.topk_ids.ptr<int32_t>() + int64_t(t0) * p.topk_ids.stride[0];
+    // Rows per active expert decide the tile; both tiles give the same bits (mma_tile.cuh).
+    const int active = std::min(slots, local_experts);
+    const bool small = slots <= 16 * active;
+    const int tile_m = small ? gemm::TileSmall::BM : gemm::TileLarge::BM;
+    const int max_tiles = moe_max_tiles(slots, local_experts, tile_m);
+    // ids must be contiguous per chunk for the align kernels: topk_ids rows are [n, top_k].
+    cudaError_t err = launch_moe_align(ids, slots, map, num_experts, local_experts, tile_m, a.al, stream);
+    if (err != cudaSuccess) return err;
+    a.x = p.x.ptr<bf16>() + int64_t(t0) * a.sx;
+    if (small) launch_gemms<gemm::TileSmall>(a, max_tiles, vec13, vec2, stream);
+    else launch_gemms<gemm::TileLarge>(a, max_tiles, vec13, vec2, stream);
+    const float* w = p.topk_weights.ptr<float>() + int64_t(t0) * p.topk_weights.stride[0];
+    const int threads = 256;
+    const bool ok = dispatch_act(p.out.dtype, [&](auto to) {
+      using TO = decltype(to);
+      TO* out = p.out.ptr<TO>() + int64_t(t0) * p.out.stride[0];
+      moe_combine_kernel<TO><<<tokens, threads, 0, stream>>>(a.y, ids, p.topk_ids.stride[0], w, p.topk_weights.stride[0],
+                                                             map, num_experts, local_experts, top_k, hidden, out,
+                                                             p.out.stride[0]);
+    });
+    if (!ok) return cudaErrorInvalidValue;
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace moex::kernels

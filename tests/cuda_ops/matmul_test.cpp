@@ -1,0 +1,103 @@
+// CUDA vs CPU: dense and batched matmul (bf16 tensor-core path, f32 fallback, f32 router
+// logits, strided views, accumulate), and batch-invariance of a row's bits.
+#include "cuda_ops/cuda_ops_util.h"
+
+namespace moex::test {
+namespace {
+
+constexpr double kTolBf16 = 5e-3;
+constexpr double kTolF32 = 1e-5;
+
+class MatmulTest : public CudaOpsTest {
+ protected:
+  // Runs out = alpha * x @ w^T (+ out) on both backends; x and out are [b, m, *] or [m, *].
+  void check(int64_t b, int64_t m, int64_t n, int64_t k, DType xt, DType wt, DType ot, float alpha, bool accumulate) {
+    SCOPED_TRACE("b " + std::to_string(b) + " m " + std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k) +
+                 " x " + std::string(dtype_name(xt)) + " w " + std::string(dtype_name(wt)) + " out " +
+                 std::string(dtype_name(ot)) + " seed " + std::to_string(seed_));
+    const bool batched = b > 0;
+    const int64_t bb = batched ? b : 1;
+    HostTensor x = host_random(xt, {bb, m, k}, rng_);
+    HostTensor w = host_random(wt, {bb, n, k}, rng_, -0.1f, 0.1f);
+    HostTensor init = host_random(ot, {bb, m, n}, rng_);
+    HostTensor ref = init;
+    ref.t.data = ref.bytes.data();
+    auto view = [&](const Tensor& t) { return batched ? t : t.reshape({t.shape[1], t.shape[2]}); };
+    MOEX_ASSERT_OK(cpu_->matmul({view(x.t), view(w.t), view(ref.t), alpha, accumulate}));
+    DeviceTensor dx = to_device(*gpu_, x), dw = to_device(*gpu_, w);
+    DeviceTensor dout = accumulate ? to_device(*gpu_, init) : device_poisoned(*gpu_, ot, {bb, m, n});
+    MOEX_ASSERT_OK(gpu_->matmul({view(dx.t), view(dw.t), view(dout.t), alpha, accumulate}));
+    const double err = rel_l2(to_host(*gpu_, dout), ref);
+    const bool all_f32 = xt == DType::kF32 && wt == DType::kF32 && ot == DType::kF32;
+    EXPECT_LT(err, all_f32 ? kTolF32 : kTolBf16);
+  }
+};
+
+TEST_F(MatmulTest, ModelShapesBf16) {
+  check(0, 1, 2048, 2048, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);   // decode projection
+  check(0, 7, 128, 2048, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);     // Qwen3 router logits
+  check(0, 3, 256, 7168, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);     // DeepSeek-V3 router
+  check(0, 37, 1536, 2048, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);  // MLA q_a-like
+  check(0, 130, 576, 7168, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);  // kv_a (576), many rows
+  check(0, 65, 4096, 4096, DType::kBF16, DType::kBF16, DType::kBF16, 0.5f, false);  // Mixtral o_proj, alpha
+}
+
+TEST_F(MatmulTest, OddSizesUnalignedKAndAccumulate) {
+  check(0, 17, 54, 97, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);  // k % 8 != 0: scalar loads
+  check(0, 1, 3, 5, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);
+  check(0, 33, 70, 200, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, true);  // out += x @ w^T
+  check(0, 5, 64, 64, DType::kBF16, DType::kBF16, DType::kF32, -2.f, true);
+}
+
+TEST_F(MatmulTest, F32AndMixedFallback) {
+  check(0, 9, 33, 130, DType::kF32, DType::kF32, DType::kF32, 1.f, false);
+  check(0, 4, 128, 2048, DType::kF32, DType::kBF16, DType::kF32, 1.f, false);
+  check(0, 3, 40, 64, DType::kBF16, DType::kF32, DType::kBF16, 1.f, true);
+}
+
+TEST_F(MatmulTest, BatchedMlaAbsorption) {
+  // q_nope [n, 128 heads, 128] seen as [heads, n, 128] times w_uk [heads, 512, 128] -> [heads, n, 512].
+  for (const int64_t heads : {16, 128}) {
+    const int64_t n = rng_.uniform_int(1, 9), dn = 128, r = 512;
+    SCOPED_TRACE("heads " + std::to_string(heads) + " n " + std::to_string(n) + " seed " + std::to_string(seed_));
+    HostTensor q = host_random(DType::kBF16, {n, heads, dn}, rng_);
+    HostTensor w = host_random(DType::kBF16, {heads, r, dn}, rng_, -0.1f, 0.1f);
+    Tensor qv = q.t;  // [heads, n, dn] view
+    qv.shape[0] = heads; qv.shape[1] = n;
+    qv.stride[0] = dn; qv.stride[1] = heads * dn;
+    // Output written into a [n, heads, r] buffer through a [heads, n, r] view.
+    HostTensor ref = host_tensor(DType::kBF16, {n, heads, r});
+    Tensor ov = ref.t;
+    ov.shape[0] = heads; ov.shape[1] = n;
+    ov.stride[0] = r; ov.stride[1] = heads * r;
+    MOEX_ASSERT_OK(cpu_->matmul({qv, w.t, ov, 1.f, false}));
+    DeviceTensor dq = to_device(*gpu_, q), dw = to_device(*gpu_, w);
+    DeviceTensor dout = device_poisoned(*gpu_, DType::kBF16, {n, heads, r});
+    MOEX_ASSERT_OK(gpu_->matmul({rebase(qv, q.t.data, dq.t.data, DeviceType::kCuda), dw.t,
+                                 rebase(ov, ref.t.data, dout.t.data, DeviceType::kCuda), 1.f, false}));
+    EXPECT_LT(rel_l2(to_host(*gpu_, dout), ref), kTolBf16);
+  }
+}
+
+TEST_F(MatmulTest, RowBitsDoNotDependOnBatch) {
+  const int64_t n = 768, k = 2048, rows = 300;
+  HostTensor x = host_random(DType::kBF16, {rows, k}, rng_);
+  HostTensor w = host_random(DType::kBF16, {n, k}, rng_, -0.1f, 0.1f);
+  DeviceTensor dx = to_device(*gpu_, x), dw = to_device(*gpu_, w);
+  for (const DType ot : {DType::kBF16, DType::kF32}) {
+    DeviceTensor full = device_poisoned(*gpu_, ot, {rows, n});
+    MOEX_ASSERT_OK(gpu_->matmul({dx.t, dw.t, full.t, 1.f, false}));
+    HostTensor all = to_host(*gpu_, full);
+    for (const int64_t batch : {1, 2, 5, 16, 17, 64}) {
+      const int64_t r0 = rng_.uniform_int(0, int(rows - batch));
+      DeviceTensor part = device_poisoned(*gpu_, ot, {batch, n});
+      MOEX_ASSERT_OK(gpu_->matmul({dx.t.slice(0, r0, r0 + batch), dw.t, part.t, 1.f, false}));
+      HostTensor got = to_host(*gpu_, part);
+      for (int64_t r = 0; r < batch; ++r)
+        ASSERT_TRUE(rows_bit_equal(got, r, all, r0 + r)) << "row " << r0 + r << " in a batch of " << batch;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moex::test
