@@ -1,0 +1,400 @@
+#include "model/model_base.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace moex {
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+Tensor make_tensor(void* data, DType dtype, const std::vector<int64_t>& shape, DeviceType device) {
+  Tensor t;
+  t.data = data;
+  t.dtype = dtype;
+  t.device = device;
+  t.ndim = int(shape.size());
+  int64_t st = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    t.shape[d] = shape[size_t(d)];
+    t.stride[d] = st;
+    st *= shape[size_t(d)];
+  }
+  return t;
+}
+
+}  // namespace
+
+Tensor with_device(Tensor t, DeviceType device) {
+  t.device = device;
+  return t;
+}
+
+Tensor columns(const Tensor& t, int64_t col, int64_t cols) { return t.slice(t.ndim - 1, col, col + cols); }
+
+Tensor view3(const Tensor& base, int64_t offset, int64_t d0, int64_t s0, int64_t d1, int64_t s1, int64_t d2) {
+  Tensor t = base;
+  t.data = static_cast<char*>(base.data) + offset * int64_t(dtype_size(base.dtype));
+  t.ndim = 3;
+  t.shape[0] = d0;
+  t.shape[1] = d1;
+  t.shape[2] = d2;
+  t.stride[0] = s0;
+  t.stride[1] = s1;
+  t.stride[2] = 1;
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// WeightLoader
+
+WeightLoader::WeightLoader(Backend& backend, const ModelConfig& config, const SafetensorsCheckpoint* ckpt,
+                           uint64_t seed)
+    : backend_(backend), config_(config), ckpt_(ckpt), seed_(seed) {
+  if (config.torch_dtype == "bfloat16") weight_dtype_ = DType::kBF16;
+  else if (config.torch_dtype == "float16") weight_dtype_ = DType::kF16;
+}
+
+DType WeightLoader::weight_dtype_for(const std::string& name) const {
+  if (ckpt_ != nullptr) {
+    if (const TensorInfo* info = ckpt_->find(name)) return info->dtype;
+  }
+  return weight_dtype_;
+}
+
+Status WeightLoader::read_host(const std::string& name, const std::vector<int64_t>& shape, bool is_norm,
+                               std::vector<uint8_t>* out, DType* dtype) {
+  const int64_t n = numel_of(shape);
+  if (ckpt_ == nullptr) {
+    // Uniform values with std 0.02 (HF's initializer_range), hashed from seed, name and index so
+    // that any subset of tensors is reproducible on its own.
+    *dtype = weight_dtype_;
+    out->resize(size_t(n) * dtype_size(*dtype));
+    const uint64_t base = splitmix64(seed_ ^ fnv1a(name));
+    const float half_width = 0.02f * std::sqrt(3.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      float v = 1.0f;
+      if (!is_norm) {
+        const double u = double(splitmix64(base + uint64_t(i)) >> 11) * (1.0 / 9007199254740992.0);
+        v = float((2.0 * u - 1.0) * half_width);
+      }
+      store_from_f32(out->data(), *dtype, size_t(i), v);
+    }
+    return Status::ok();
+  }
+  MOEX_ASSIGN_OR_RETURN(Tensor view, ckpt_->get(name, shape));
+  if (view.dtype != DType::kF32 && view.dtype != DType::kBF16 && view.dtype != DType::kF16) {
+    return unsupported("checkpoint tensor " + name + " has dtype " + std::string(dtype_name(view.dtype)) +
+                       "; moex loads f32, bf16 and f16 weights");
+  }
+  *dtype = view.dtype;
+  out->resize(view.nbytes());
+  std::memcpy(out->data(), view.data, view.nbytes());
+  return Status::ok();
+}
+
+Expected<Tensor> WeightLoader::upload(const void* host, DType dtype, std::vector<int64_t> shape, bool is_weight) {
+  const size_t bytes = size_t(numel_of(shape)) * dtype_size(dtype);
+  MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
+  MOEX_RETURN_IF_ERROR(backend_.copy_from_host(buf.data(), host, bytes));
+  Tensor t = make_tensor(buf.data(), dtype, shape, backend_.device());
+  if (is_weight) stored_bytes_ += int64_t(bytes);
+  buffers_.push_back(std::move(buf));
+  return t;
+}
+
+Expected<Tensor> WeightLoader::load(const std::string& name, std::vector<int64_t> shape, bool is_norm) {
+  std::vector<uint8_t> host;
+  DType dtype;
+  MOEX_RETURN_IF_ERROR(read_host(name, shape, is_norm, &host, &dtype));
+  return upload(host.data(), dtype, shape);
+}
+
+Expected<std::vector<float>> WeightLoader::read_f32(const std::string& name, const std::vector<int64_t>& shape) {
+  std::vector<uint8_t> host;
+  DType dtype;
+  MOEX_RETURN_IF_ERROR(read_host(name, shape, false, &host, &dtype));
+  std::vector<float> f(size_t(numel_of(shape)));
+  for (size_t i = 0; i < f.size(); ++i) f[i] = load_as_f32(host.data(), dtype, i);
+  return f;
+}
+
+Expected<Tensor> WeightLoader::load_f32(const std::string& name, std::vector<int64_t> shape) {
+  std::vector<float> f;
+  if (ckpt_ == nullptr) {
+    f.resize(size_t(numel_of(shape)));
+    const uint64_t base = splitmix64(seed_ ^ fnv1a(name));
+    for (size_t i = 0; i < f.size(); ++i) f[i] = 0.1f * float(int64_t(splitmix64(base + i) % 2001) - 1000) / 1000.f;
+  } else {
+    MOEX_ASSIGN_OR_RETURN(f, read_f32(name, shape));
+  }
+  return upload(f.data(), DType::kF32, shape);
+}
+
+Expected<Tensor> WeightLoader::load_stacked(const std::vector<std::string>& names,
+                                            const std::vector<int64_t>& part_shape) {
+  // One device buffer; each part is read and copied into its rows so that host memory holds
+  // one part at a time (a full-size expert layer is tens of GB).
+  const int64_t part_numel = numel_of(part_shape);
+  std::vector<uint8_t> host;
+  DType dtype;
+  MOEX_RETURN_IF_ERROR(read_host(names[0], part_shape, false, &host, &dtype));
+  const size_t part_bytes = size_t(part_numel) * dtype_size(dtype);
+  MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(part_bytes * names.size()));
+  for (size_t i = 0; i < names.size(); ++i) {
+    DType part_dtype = dtype;
+    if (i > 0) MOEX_RETURN_IF_ERROR(read_host(names[i], part_shape, false, &host, &part_dtype));
+    if (part_dtype != dtype) {
+      return invalid_argument("checkpoint tensor " + names[i] + " is " + std::string(dtype_name(part_dtype)) +
+                              " but " + names[0] + " is " + std::string(dtype_name(dtype)) +
+                              "; tensors packed together must share a dtype");
+    }
+    MOEX_RETURN_IF_ERROR(backend_.copy_from_host(static_cast<char*>(buf.data()) + i * part_bytes, host.data(),
+                                                 part_bytes));
+  }
+  std::vector<int64_t> shape = part_shape;
+  shape[0] *= int64_t(names.size());
+  Tensor t = make_tensor(buf.data(), dtype, shape, backend_.device());
+  stored_bytes_ += int64_t(part_bytes * names.size());
+  buffers_.push_back(std::move(buf));
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspace
+
+Expected<Tensor> Workspace::make(DType dtype, std::initializer_list<int64_t> shape) {
+  std::vector<int64_t> s(shape);
+  const size_t bytes = std::max<size_t>(1, size_t(numel_of(s)) * dtype_size(dtype));
+  MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
+  Tensor t = make_tensor(buf.data(), dtype, s, backend_.device());
+  buffers_.push_back(std::move(buf));
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModelBase: loading
+
+void ModelBase::count(const Tensor& t, bool active) {
+  if (t.empty()) return;  // a weight the variant does not have
+  counts_.total += t.numel();
+  if (active) counts_.active_per_token += t.numel();
+}
+
+void ModelBase::count_experts(const MoeWeights& w) {
+  const int64_t per_expert = (w.w13.numel() + w.w2.numel()) / w.w13.size(0);
+  const int64_t bias = w.bias.empty() ? 0 : w.bias.numel();
+  counts_.total += w.w13.numel() + w.w2.numel() + w.router.numel() + bias;
+  counts_.active_per_token += per_expert * config_.num_experts_per_tok + w.router.numel() + bias;
+  if (!w.shared.w13.empty()) {
+    count(w.shared.w13, true);
+    count(w.shared.w2, true);
+  }
+}
+
+Expected<MlpWeights> ModelBase::load_mlp(WeightLoader& loader, const std::string& prefix, int64_t inter) {
+  const int64_t h = config_.hidden_size;
+  MlpWeights w;
+  MOEX_ASSIGN_OR_RETURN(w.w13, loader.load_stacked({prefix + ".gate_proj.weight", prefix + ".up_proj.weight"},
+                                                   {inter, h}));
+  MOEX_ASSIGN_OR_RETURN(w.w2, loader.load(prefix + ".down_proj.weight", {h, inter}));
+  return w;
+}
+
+Expected<MoeWeights> ModelBase::load_moe(WeightLoader& loader, const std::string& prefix,
+                                         const std::string& gate_name, const std::string& up_name,
+                                         const std::string& down_name) {
+  const int64_t e_count = config_.num_experts, h = config_.hidden_size, inter = config_.moe_intermediate_size;
+  MoeWeights w;
+  MOEX_ASSIGN_OR_RETURN(w.router, loader.load(prefix + ".gate.weight", {e_count, h}));
+  std::vector<std::string> gate_up, down;
+  for (int64_t e = 0; e < e_count; ++e) {
+    const std::string ep = prefix + ".experts." + std::to_string(e) + ".";
+    gate_up.push_back(ep + gate_name + ".weight");  // rows [0, inter) of expert e's w13
+    gate_up.push_back(ep + up_name + ".weight");    // rows [inter, 2 inter)
+    down.push_back(ep + down_name + ".weight");
+  }
+  MOEX_ASSIGN_OR_RETURN(Tensor w13, loader.load_stacked(gate_up, {inter, h}));
+  MOEX_ASSIGN_OR_RETURN(Tensor w2, loader.load_stacked(down, {h, inter}));
+  w.w13 = w13.reshape({e_count, 2 * inter, h});
+  w.w2 = w2.reshape({e_count, h, inter});
+  return w;
+}
+
+Status ModelBase::load_weights(const SafetensorsCheckpoint* ckpt, uint64_t seed) {
+  WeightLoader loader(backend_, config_, ckpt, seed);
+  const int64_t v = config_.vocab_size, h = config_.hidden_size;
+  MOEX_ASSIGN_OR_RETURN(embed_, loader.load("model.embed_tokens.weight", {v, h}));
+  count(embed_, false);
+  MOEX_RETURN_IF_ERROR(load_layers(loader));
+  MOEX_ASSIGN_OR_RETURN(final_norm_, loader.load("model.norm.weight", {h}, true));
+  count(final_norm_, true);
+  if (config_.tie_word_embeddings) {
+    lm_head_ = embed_;
+    counts_.active_per_token += lm_head_.numel();  // read per token, stored once
+  } else {
+    MOEX_ASSIGN_OR_RETURN(lm_head_, loader.load("lm_head.weight", {v, h}));
+    count(lm_head_, true);
+  }
+  counts_.bytes = loader.stored_bytes();
+  weight_buffers_ = std::move(loader.buffers());
+  return Status::ok();
+}
+
+void ModelBase::reset_cache(int num_pages, int page_size) {
+  cache_buffers_.clear();
+  num_pages_ = num_pages;
+  page_size_ = page_size;
+}
+
+Expected<Tensor> ModelBase::make_cache(std::initializer_list<int64_t> shape) {
+  std::vector<int64_t> s(shape);
+  const DType act = backend_.activation_dtype();
+  const size_t bytes = size_t(numel_of(s)) * dtype_size(act);
+  MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
+  // Zeros, so that a bug reading an unwritten slot gives wrong numbers, never NaN/garbage noise
+  // that differs run to run.
+  MOEX_RETURN_IF_ERROR(backend_.fill(buf.data(), 0, bytes));
+  Tensor t = make_tensor(buf.data(), act, s, backend_.device());
+  cache_buffers_.push_back(std::move(buf));
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModelBase: the step
+
+Status ModelBase::upload_step(const ForwardBatch& b, Workspace& ws, StepInputs* step) {
+  const int64_t n = int64_t(b.tokens.size());
+  const int64_t num_seqs = int64_t(b.seq_lens.size());
+  const int64_t num_slots = int64_t(num_pages_) * page_size_;
+  if (n == 0) return invalid_argument("ForwardBatch.tokens is empty");
+  if (int64_t(b.positions.size()) != n || int64_t(b.slot_mapping.size()) != n) {
+    return invalid_argument("ForwardBatch: positions and slot_mapping must have one entry per token (" +
+                            std::to_string(n) + ")");
+  }
+  if (num_seqs == 0 || int64_t(b.query_start.size()) != num_seqs + 1 || b.query_start.front() != 0 ||
+      b.query_start.back() != n) {
+    return invalid_argument("ForwardBatch.query_start must be [num_seqs + 1] from 0 to the token count");
+  }
+  if (b.max_pages_per_seq <= 0 || int64_t(b.block_table.size()) != num_seqs * b.max_pages_per_seq) {
+    return invalid_argument("ForwardBatch.block_table must be [num_seqs, max_pages_per_seq]");
+  }
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    const int32_t q_len = b.query_start[size_t(i + 1)] - b.query_start[size_t(i)];
+    if (q_len < 0 || b.seq_lens[size_t(i)] < q_len || b.seq_lens[size_t(i)] > b.max_pages_per_seq * page_size_) {
+      return invalid_argument("ForwardBatch.seq_lens[" + std::to_string(i) + "] is inconsistent with its queries or pages");
+    }
+  }
+  for (int32_t p : b.block_table) {
+    if (p < 0 || p >= num_pages_) return invalid_argument("ForwardBatch.block_table names page " + std::to_string(p) + " outside the cache");
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    if (b.tokens[size_t(t)] < 0 || b.tokens[size_t(t)] >= config_.vocab_size) {
+      return invalid_argument("ForwardBatch.tokens[" + std::to_string(t) + "] is outside the vocabulary");
+    }
+    if (b.slot_mapping[size_t(t)] < 0 || b.slot_mapping[size_t(t)] >= num_slots) {
+      return invalid_argument("ForwardBatch.slot_mapping[" + std::to_string(t) + "] is outside the cache");
+    }
+  }
+  for (int32_t r : b.logits_rows) {
+    if (r < 0 || r >= n) return invalid_argument("ForwardBatch.logits_rows names row " + std::to_string(r) + " outside the batch");
+  }
+  auto upload = [&](const std::vector<int32_t>& host, std::initializer_list<int64_t> shape, Tensor* out) -> Status {
+    MOEX_ASSIGN_OR_RETURN(*out, ws.make(DType::kI32, shape));
+    if (host.empty()) return Status::ok();
+    return backend_.copy_from_host(out->data, host.data(), host.size() * sizeof(int32_t));
+  };
+  step->num_tokens = n;
+  MOEX_RETURN_IF_ERROR(upload(b.tokens, {n}, &step->tokens));
+  MOEX_RETURN_IF_ERROR(upload(b.positions, {n}, &step->positions));
+  MOEX_RETURN_IF_ERROR(upload(b.slot_mapping, {n}, &step->slot_mapping));
+  MOEX_RETURN_IF_ERROR(upload(b.logits_rows, {int64_t(b.logits_rows.size())}, &step->logits_rows));
+  MOEX_RETURN_IF_ERROR(upload(b.block_table, {num_seqs, b.max_pages_per_seq}, &step->seqs.block_table));
+  MOEX_RETURN_IF_ERROR(upload(b.seq_lens, {num_seqs}, &step->seqs.seq_lens));
+  MOEX_RETURN_IF_ERROR(upload(b.query_start, {num_seqs + 1}, &step->seqs.query_start));
+  step->seqs.page_size = page_size_;
+  return Status::ok();
+}
+
+Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits) {
+  if (!kv_cache_ready()) return invalid_argument("Model::forward: call allocate_kv_cache first");
+  Workspace ws(backend_);
+  StepInputs step;
+  MOEX_RETURN_IF_ERROR(upload_step(batch, ws, &step));
+  const DType act = backend_.activation_dtype();
+  const int64_t n = step.num_tokens, h = config_.hidden_size, v = config_.vocab_size;
+  const int64_t rows = int64_t(batch.logits_rows.size());
+
+  MOEX_ASSIGN_OR_RETURN(Tensor hidden, ws.make(act, {n, h}));  // [n, hidden] residual stream
+  MOEX_RETURN_IF_ERROR(backend_.embedding({.ids = step.tokens, .table = embed_, .out = hidden}));
+  MOEX_RETURN_IF_ERROR(run_layers(step, ws, hidden));
+
+  logits->clear();
+  if (rows == 0) return backend_.synchronize();
+  // The final norm is per row, so pick the wanted rows first; the embedding op is a row gather.
+  MOEX_ASSIGN_OR_RETURN(Tensor picked, ws.make(act, {rows, h}));  // [rows, hidden]
+  MOEX_RETURN_IF_ERROR(backend_.embedding({.ids = step.logits_rows, .table = hidden, .out = picked}));
+  MOEX_RETURN_IF_ERROR(backend_.rms_norm(
+      {.x = picked, .weight = final_norm_, .out = picked, .eps = float(config_.rms_norm_eps)}));
+  MOEX_ASSIGN_OR_RETURN(Tensor out, ws.make(DType::kF32, {rows, v}));  // [rows, vocab] f32
+  MOEX_RETURN_IF_ERROR(backend_.matmul({.x = picked, .w = lm_head_, .out = out}));
+  logits->resize(size_t(rows * v));
+  MOEX_RETURN_IF_ERROR(backend_.copy_to_host(logits->data(), out.data, logits->size() * sizeof(float)));
+  return backend_.synchronize();
+}
+
+Expected<Tensor> ModelBase::mlp_block(const MlpWeights& w, const Tensor& x, Workspace& ws) {
+  const DType act = backend_.activation_dtype();
+  const int64_t n = x.size(0), h = config_.hidden_size, inter = w.w2.size(1);
+  MOEX_ASSIGN_OR_RETURN(Tensor gate_up, ws.make(act, {n, 2 * inter}));  // [n, 2 inter]
+  MOEX_ASSIGN_OR_RETURN(Tensor gated, ws.make(act, {n, inter}));        // [n, inter]
+  MOEX_ASSIGN_OR_RETURN(Tensor down, ws.make(act, {n, h}));             // [n, hidden]
+  MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x, .w = w.w13, .out = gate_up}));
+  MOEX_RETURN_IF_ERROR(backend_.silu_mul({.x = gate_up, .out = gated}));
+  MOEX_RETURN_IF_ERROR(backend_.matmul({.x = gated, .w = w.w2, .out = down}));
+  return down;
+}
+
+Expected<Tensor> ModelBase::moe_block(const MoeWeights& w, const Tensor& x, Workspace& ws) {
+  const DType act = backend_.activation_dtype();
+  const int64_t n = x.size(0), h = config_.hidden_size, e_count = w.router.size(0);
+  const int64_t top_k = routing_.top_k;
+  MOEX_ASSIGN_OR_RETURN(Tensor router_logits, ws.make(DType::kF32, {n, e_count}));  // [n, E] f32
+  MOEX_ASSIGN_OR_RETURN(Tensor topk_ids, ws.make(DType::kI32, {n, top_k}));          // [n, top_k]
+  MOEX_ASSIGN_OR_RETURN(Tensor topk_weights, ws.make(DType::kF32, {n, top_k}));      // [n, top_k]
+  MOEX_ASSIGN_OR_RETURN(Tensor routed, ws.make(act, {n, h}));                          // [n, hidden]
+  MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x, .w = w.router, .out = router_logits}));
+  ops::RouteParams route = routing_;
+  route.logits = router_logits;
+  route.bias = w.bias;
+  route.topk_ids = topk_ids;
+  route.topk_weights = topk_weights;
+  MOEX_RETURN_IF_ERROR(backend_.route(route));
+  MOEX_RETURN_IF_ERROR(backend_.fused_moe({.x = x, .topk_ids = topk_ids, .topk_weights = topk_weights,
+                                           .w13 = w.w13, .w2 = w.w2, .expert_map = {}, .out = routed}));
+  if (!w.shared.w13.empty()) {
+    MOEX_ASSIGN_OR_RETURN(Tensor shared, mlp_block(w.shared, x, ws));  // [n, hidden]
+    MOEX_RETURN_IF_ERROR(backend_.add({.a = routed, .b = shared, .out = routed}));
+  }
+  return routed;
+}
+
+}  // namespace moex

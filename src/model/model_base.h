@@ -1,0 +1,151 @@
+// Machinery shared by the forward passes of every family: weight loading (from safetensors or
+// seeded random values), step descriptors on the device, per-step scratch tensors, and the MLP /
+// MoE blocks that are the same op sequence in all three families. The attention and the layer
+// loop live in src/model/archs/<family>.cpp.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/model.h"
+#include "model/weights/safetensors.h"
+
+namespace moex {
+
+// Where weights come from: a checkpoint (validated shape, stored dtype kept), or seeded random
+// values (std 0.02 like HF's init, norms 1) in the dtype config.json declares.
+class WeightLoader {
+ public:
+  WeightLoader(Backend& backend, const ModelConfig& config, const SafetensorsCheckpoint* ckpt, uint64_t seed);
+
+  // A 2-D or 1-D weight uploaded as stored. `is_norm`: random init gives ones.
+  Expected<Tensor> load(const std::string& name, std::vector<int64_t> shape, bool is_norm = false);
+  // An f32 copy of a 1-D tensor (e.g. e_score_correction_bias); random init gives 0.1 N-ish values.
+  Expected<Tensor> load_f32(const std::string& name, std::vector<int64_t> shape);
+  // Rows of several tensors stacked into one: e.g. gate [I, H] then up [I, H] -> [2I, H].
+  Expected<Tensor> load_stacked(const std::vector<std::string>& names, const std::vector<int64_t>& part_shape);
+  // Host fp32 copy of a tensor (for precomputation such as MLA absorption).
+  Expected<std::vector<float>> read_f32(const std::string& name, const std::vector<int64_t>& shape);
+  // Uploads host bytes as a new device tensor. `is_weight`: counted in stored_bytes (false for
+  // derived tables such as RoPE frequencies).
+  Expected<Tensor> upload(const void* host, DType dtype, std::vector<int64_t> shape, bool is_weight = true);
+
+  // dtype a tensor is uploaded in: as stored in the checkpoint, else the config's dtype.
+  DType weight_dtype_for(const std::string& name) const;
+  std::vector<Buffer>& buffers() { return buffers_; }
+  int64_t stored_bytes() const { return stored_bytes_; }
+
+ private:
+  // Host bytes of one tensor in weight_dtype_ (checkpoint) or freshly generated (random).
+  Status read_host(const std::string& name, const std::vector<int64_t>& shape, bool is_norm,
+                   std::vector<uint8_t>* out, DType* dtype);
+
+  Backend& backend_;
+  const ModelConfig& config_;
+  const SafetensorsCheckpoint* ckpt_;  // null: random weights
+  uint64_t seed_;
+  DType weight_dtype_ = DType::kF32;
+  std::vector<Buffer> buffers_;
+  int64_t stored_bytes_ = 0;
+};
+
+// Tensors allocated for one step; freed when the step ends.
+class Workspace {
+ public:
+  explicit Workspace(Backend& backend) : backend_(backend) {}
+  Expected<Tensor> make(DType dtype, std::initializer_list<int64_t> shape);
+
+ private:
+  Backend& backend_;
+  std::vector<Buffer> buffers_;
+};
+
+// A ForwardBatch uploaded to the device.
+struct StepInputs {
+  int64_t num_tokens = 0;
+  Tensor tokens;        // [n] i32
+  Tensor positions;     // [n] i32
+  Tensor slot_mapping;  // [n] i32
+  Tensor logits_rows;   // [r] i32
+  ops::PagedSeqs seqs;  // block_table [s, max_pages], seq_lens [s], query_start [s + 1]
+};
+
+// Dense SwiGLU MLP; also DeepSeek's shared experts.
+struct MlpWeights {
+  Tensor w13;  // [2 * inter, hidden]: gate rows then up rows
+  Tensor w2;   // [hidden, inter]
+};
+
+struct MoeWeights {
+  Tensor router;  // [E, hidden]
+  Tensor bias;    // [E] f32 e_score_correction_bias (DeepSeek-V3), else empty
+  Tensor w13;     // [E, 2 * inter, hidden]
+  Tensor w2;      // [E, hidden, inter]
+  MlpWeights shared;  // empty w13 when the family has none
+};
+
+// Parts of Model every family shares. A family implements load_layers, the KV cache layout and
+// run_layers (the per-layer forward pass).
+class ModelBase : public Model {
+ public:
+  ModelBase(Backend& backend, ModelConfig config) : backend_(backend), config_(std::move(config)) {}
+
+  Status load_weights(const SafetensorsCheckpoint* ckpt, uint64_t seed);
+
+  const ModelConfig& config() const override { return config_; }
+  ParamCounts param_counts() const override { return counts_; }
+  int page_size() const override { return page_size_; }
+  Status forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+
+ protected:
+  virtual Status load_layers(WeightLoader& loader) = 0;
+  // hidden [n, hidden] in: embeddings; out: the last layer's residual stream.
+  virtual Status run_layers(const StepInputs& step, Workspace& ws, const Tensor& hidden) = 0;
+  virtual bool kv_cache_ready() const = 0;
+
+  // Blocks shared by the families: y = block(x), x [n, hidden] -> y [n, hidden]. The caller adds
+  // y to the residual stream (one add, as HF does, so rounding matches on bf16 backends).
+  Expected<Tensor> mlp_block(const MlpWeights& w, const Tensor& x, Workspace& ws);
+  // Router (f32 logits) -> route -> fused_moe, plus the shared experts when present.
+  Expected<Tensor> moe_block(const MoeWeights& w, const Tensor& x, Workspace& ws);
+  Expected<MlpWeights> load_mlp(WeightLoader& loader, const std::string& prefix, int64_t inter);
+  // Routed experts `<prefix>.experts.E.{gate,up,down}<suffix>`, packed into w13 / w2.
+  Expected<MoeWeights> load_moe(WeightLoader& loader, const std::string& prefix, const std::string& gate_name,
+                                const std::string& up_name, const std::string& down_name);
+
+  // A zero-filled KV cache tensor in the activation dtype, owned by the model.
+  Expected<Tensor> make_cache(std::initializer_list<int64_t> shape);
+  // Frees the previous cache and records the new geometry.
+  void reset_cache(int num_pages, int page_size);
+
+  // Adds a weight to the parameter counts. `active`: read by every token's forward.
+  void count(const Tensor& t, bool active);
+  void count_experts(const MoeWeights& w);
+
+  Backend& backend_;
+  ModelConfig config_;
+  std::vector<Buffer> weight_buffers_;
+  std::vector<Buffer> cache_buffers_;
+  ParamCounts counts_;
+  int page_size_ = 0;
+  int num_pages_ = 0;
+  ops::RouteParams routing_;  // the family's routing settings; tensors filled per call
+
+  Tensor embed_;       // [vocab, hidden]
+  Tensor final_norm_;  // [hidden]
+  Tensor lm_head_;     // [vocab, hidden] (the embedding when tied)
+
+ private:
+  Status upload_step(const ForwardBatch& batch, Workspace& ws, StepInputs* step);
+};
+
+// Views used by the forward passes.
+Tensor with_device(Tensor t, DeviceType device);
+// Rows [n, cols] of a [n, row_stride] tensor starting at column `col`.
+Tensor columns(const Tensor& t, int64_t col, int64_t cols);
+// A strided 3-D view: [d0, d1, d2] with explicit element strides.
+Tensor view3(const Tensor& base, int64_t offset, int64_t d0, int64_t s0, int64_t d1, int64_t s1, int64_t d2);
+
+}  // namespace moex
