@@ -30,6 +30,15 @@ if(NOT "${PCRE2_LIBRARY}" STREQUAL "")
   endif()
 endif()
 
+# Unicode normalization (NFC etc.) for tokenizer normalizers: Debian libutf8proc-dev.
+find_path(UTF8PROC_INCLUDE_DIR utf8proc.h REQUIRED)
+find_library(UTF8PROC_LIBRARY NAMES utf8proc libutf8proc.a libutf8proc.so.2 REQUIRED)
+get_target_property(tokenizer_type2 moex_tokenizer TYPE)
+if(tokenizer_type2 STREQUAL "STATIC_LIBRARY")
+  target_include_directories(moex_tokenizer PRIVATE ${UTF8PROC_INCLUDE_DIR})
+  target_link_libraries(moex_tokenizer PUBLIC ${UTF8PROC_LIBRARY})
+endif()
+
 moex_component(moex_weights DIRS model/weights model/config DEPS moex_core nlohmann_json::nlohmann_json)
 
 moex_component(moex_cpu DIRS backend/cpu DEPS moex_core OpenMP::OpenMP_CXX)
