@@ -40,13 +40,15 @@ RopeTables compute_rope_tables(const RopeConfig& rope, int64_t rot_dim) {
   const double orig = double(rope.original_max_position_embeddings);
   const double beta_fast = rope.beta_fast != 0 ? rope.beta_fast : 32.0;
   const double beta_slow = rope.beta_slow != 0 ? rope.beta_slow : 1.0;
-  if (rope.mscale != 0 && rope.mscale_all_dim != 0) {
-    t.attn_scale = float(yarn_get_mscale(factor, rope.mscale) / yarn_get_mscale(factor, rope.mscale_all_dim));
-  } else {
-    t.attn_scale = float(yarn_get_mscale(factor, 1.0));
+  // The cos/sin factor HF applies (explicit attention_factor, else the mscale ratio, else
+  // mscale(factor, 1)), resolved once by the config parser.
+  t.attn_scale = float(rope.attention_factor);
+  double low = find_correction_dim(beta_fast, rot_dim, rope.theta, orig);
+  double high = find_correction_dim(beta_slow, rot_dim, rope.theta, orig);
+  if (rope.truncate) {  // HF's default; "truncate": false keeps the fractional range
+    low = std::floor(low);
+    high = std::ceil(high);
   }
-  double low = std::floor(find_correction_dim(beta_fast, rot_dim, rope.theta, orig));
-  double high = std::ceil(find_correction_dim(beta_slow, rot_dim, rope.theta, orig));
   low = std::max(low, 0.0);
   high = std::min(high, double(rot_dim - 1));
   if (low == high) high += 0.001;  // HF: prevent a zero-width ramp

@@ -60,7 +60,7 @@ int run_generate(const ModelFlags& model, const std::string& prompt, const std::
   options.sampling = sampling;
   options.stop_at_eos = !ignore_eos;
   std::optional<StreamDecoder> stream;
-  if (tok) stream.emplace(*tok);
+  if (tok) stream.emplace(*tok, /*skip_special_tokens=*/true);
   auto stats = engine.generate(ids, options, [&](int32_t id) {
     if (stream) {
       std::cout << stream->push(id) << std::flush;

@@ -48,6 +48,16 @@ int main(int argc, char** argv) {
   app.add_subcommand("bench", "benchmarks (moex bench --help)");
   app.add_subcommand("test-set", "operator test sets (moex test-set --help)");
 
+  const auto is_subcommand = [&](const char* name) {
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->check_name(name)) return true;
+    }
+    return false;
+  };
+  if (argc >= 2 && argv[1][0] != '-' && !is_subcommand(argv[1])) {
+    std::cerr << "moex: error: unknown subcommand '" << argv[1] << "' (expected run, info, perplexity, bench or test-set)\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -25,6 +25,12 @@ Expected<std::unique_ptr<Backend>> CudaBackend::create(int device_index) {
   if (prop.major < 8)
     return unsupported("cuda backend: device " + std::string(prop.name) + " is sm_" + std::to_string(prop.major * 10 + prop.minor) +
                        "; bf16 tensor cores (sm_80+) are required");
+  // Keep freed memory in the pool instead of returning it to the driver at each sync.
+  cudaMemPool_t pool = nullptr;
+  if (cudaDeviceGetDefaultMemPool(&pool, device_index) == cudaSuccess) {
+    uint64_t keep_all = UINT64_MAX;
+    cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all);
+  }
   cudaStream_t stream = nullptr;
   MOEX_RETURN_IF_ERROR(cuda_status(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cuda backend: stream"));
   return std::unique_ptr<Backend>(new CudaBackend(device_index, stream, std::string("cuda:") + std::to_string(device_index) + " " + prop.name));
@@ -55,12 +61,14 @@ void* CudaBackend::get(size_t bytes) {
 Expected<Buffer> CudaBackend::alloc(size_t bytes) {
   void* p = nullptr;
   if (bytes == 0) return Buffer(this, nullptr, 0);
-  MOEX_RETURN_IF_ERROR(cuda_status(cudaMalloc(&p, bytes), ("cuda alloc of " + std::to_string(bytes) + " bytes").c_str()));
+  // Stream-ordered allocation from the device's pool: per-step scratch buffers are reused
+  // without a device-wide synchronisation (cudaFree would synchronise the device).
+  MOEX_RETURN_IF_ERROR(cuda_status(cudaMallocAsync(&p, bytes, stream_), ("cuda alloc of " + std::to_string(bytes) + " bytes").c_str()));
   return Buffer(this, p, bytes);
 }
 
 void CudaBackend::free(void* data) {
-  if (data) cudaFree(data);
+  if (data) cudaFreeAsync(data, stream_);
 }
 
 Status CudaBackend::copy_from_host(void* dst, const void* src, size_t bytes) {
