@@ -71,11 +71,18 @@ WeightLoader::WeightLoader(Backend& backend, const ModelConfig& config, const Sa
     : backend_(backend), config_(config), ckpt_(ckpt), seed_(seed) {
   if (config.torch_dtype == "bfloat16") weight_dtype_ = DType::kBF16;
   else if (config.torch_dtype == "float16") weight_dtype_ = DType::kF16;
+  weight_dtype_ = storage_dtype(weight_dtype_);
+}
+
+DType WeightLoader::storage_dtype(DType stored) const {
+  // A bf16 backend (the GPU) keeps weights in bf16, as vLLM's dtype=auto casts fp32
+  // checkpoints to half precision; the CPU reference computes on the checkpoint's values.
+  return backend_.activation_dtype() == DType::kBF16 ? DType::kBF16 : stored;
 }
 
 DType WeightLoader::weight_dtype_for(const std::string& name) const {
   if (ckpt_ != nullptr) {
-    if (const TensorInfo* info = ckpt_->find(name)) return info->dtype;
+    if (const TensorInfo* info = ckpt_->find(name)) return storage_dtype(info->dtype);
   }
   return weight_dtype_;
 }
@@ -105,9 +112,14 @@ Status WeightLoader::read_host(const std::string& name, const std::vector<int64_
     return unsupported("checkpoint tensor " + name + " has dtype " + std::string(dtype_name(view.dtype)) +
                        "; moex loads f32, bf16 and f16 weights");
   }
-  *dtype = view.dtype;
-  out->resize(view.nbytes());
-  std::memcpy(out->data(), view.data, view.nbytes());
+  *dtype = storage_dtype(view.dtype);
+  if (*dtype == view.dtype) {
+    out->resize(view.nbytes());
+    std::memcpy(out->data(), view.data, view.nbytes());
+    return Status::ok();
+  }
+  out->resize(size_t(n) * dtype_size(*dtype));
+  for (size_t i = 0; i < size_t(n); ++i) store_from_f32(out->data(), *dtype, i, load_as_f32(view.data, view.dtype, i));
   return Status::ok();
 }
 

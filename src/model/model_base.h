@@ -34,6 +34,8 @@ class WeightLoader {
 
   // dtype a tensor is uploaded in: as stored in the checkpoint, else the config's dtype.
   DType weight_dtype_for(const std::string& name) const;
+  // dtype a weight stored as `stored` is kept in on this backend.
+  DType storage_dtype(DType stored) const;
   std::vector<Buffer>& buffers() { return buffers_; }
   int64_t stored_bytes() const { return stored_bytes_; }
 

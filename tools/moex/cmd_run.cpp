@@ -59,13 +59,15 @@ int run_generate(const ModelFlags& model, const std::string& prompt, const std::
   options.max_new_tokens = n;
   options.sampling = sampling;
   options.stop_at_eos = !ignore_eos;
+  bool first_id = true;
   std::optional<StreamDecoder> stream;
   if (tok) stream.emplace(*tok, /*skip_special_tokens=*/true);
   auto stats = engine.generate(ids, options, [&](int32_t id) {
     if (stream) {
       std::cout << stream->push(id) << std::flush;
     } else {
-      std::cout << (id == ids.front() ? "" : " ") << id << std::flush;
+      std::cout << (first_id ? "" : " ") << id << std::flush;
+      first_id = false;
     }
   });
   if (stream) std::cout << stream->flush();

@@ -1,0 +1,138 @@
+// End to end on the GPU: the CUDA engine against the CPU engine on every committed fixture
+// (greedy tokens identical, logits close), and bit-identical logits for a prompt whatever
+// batch it runs in. Skips, with the reason, where no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "runtime/engine.h"
+
+namespace moex {
+namespace {
+
+const char* kFixtures[] = {"qwen3_moe", "qwen3_moe_bf16", "mixtral", "mixtral_swa",
+                           "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3"};
+
+std::string fixture_dir(const std::string& name) {
+  return std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/models/" + name;
+}
+
+std::unique_ptr<Engine> make_engine(const std::string& dir, const std::string& device, int page_size) {
+  EngineOptions o;
+  o.model_dir = dir;
+  o.device = device;
+  o.page_size = page_size;
+  o.max_context = 2048;
+  auto e = Engine::create(o);
+  if (!e) {
+    ADD_FAILURE() << device << ": " << e.status().message();
+    return nullptr;
+  }
+  return std::move(*e);
+}
+
+bool have_cuda() {
+  EngineOptions o;
+  o.model_dir = fixture_dir("qwen3_moe");
+  o.device = "cuda";
+  return Engine::create(o).has_value();
+}
+
+std::vector<int32_t> prompt_for(int64_t vocab, int length, int salt) {
+  std::vector<int32_t> p(static_cast<size_t>(length));
+  for (int i = 0; i < length; ++i) p[size_t(i)] = int32_t((int64_t(i) * 37 + salt * 101 + 11) % vocab);
+  return p;
+}
+
+class CudaEngine : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    static const bool ok = have_cuda();
+    if (!ok) GTEST_SKIP() << "no CUDA device (or moex built without CUDA): GPU end-to-end test not run";
+  }
+};
+
+TEST_P(CudaEngine, GreedyTokensMatchTheCpuEngine) {
+  const std::string dir = fixture_dir(GetParam());
+  auto cpu = make_engine(dir, "cpu", 4);
+  auto gpu = make_engine(dir, "cuda", 16);
+  ASSERT_TRUE(cpu && gpu);
+  const int64_t vocab = cpu->model().config().vocab_size;
+  GenerateOptions g;
+  g.max_new_tokens = 16;
+  g.stop_at_eos = false;
+  for (int salt = 0; salt < 3; ++salt) {
+    const std::vector<int32_t> prompt = prompt_for(vocab, 12 + 7 * salt, salt);
+    std::vector<int32_t> cpu_tokens, gpu_tokens;
+    ASSERT_TRUE(cpu->generate(prompt, g, [&](int32_t t) { cpu_tokens.push_back(t); }).has_value());
+    auto stats = gpu->generate(prompt, g, [&](int32_t t) { gpu_tokens.push_back(t); });
+    ASSERT_TRUE(stats.has_value()) << stats.status().message();
+    EXPECT_EQ(cpu_tokens, gpu_tokens) << GetParam() << " prompt " << salt;
+  }
+}
+
+TEST_P(CudaEngine, PromptLogitsCloseToTheCpuEngine) {
+  const std::string dir = fixture_dir(GetParam());
+  auto cpu = make_engine(dir, "cpu", 4);
+  auto gpu = make_engine(dir, "cuda", 16);
+  ASSERT_TRUE(cpu && gpu);
+  const int64_t vocab = cpu->model().config().vocab_size;
+  Sequence a, b;
+  a.tokens = b.tokens = prompt_for(vocab, 40, 5);
+  std::vector<float> lc, lg;
+  ASSERT_TRUE(cpu->step_all_logits(&a, &lc).is_ok());
+  const Status s = gpu->step_all_logits(&b, &lg);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  ASSERT_EQ(lc.size(), lg.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < lc.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(lg[i])) << "row " << i / size_t(vocab);
+    num += (double(lg[i]) - lc[i]) * (double(lg[i]) - lc[i]);
+    den += double(lc[i]) * lc[i];
+  }
+  // bf16 weights and activations against the fp32 reference.
+  EXPECT_LT(std::sqrt(num / den), 3e-2) << GetParam();
+}
+
+TEST_P(CudaEngine, LogitsAreBitIdenticalAcrossRunsAndBatchCompositions) {
+  auto gpu = make_engine(fixture_dir(GetParam()), "cuda", 16);
+  ASSERT_TRUE(gpu);
+  const int64_t vocab = gpu->model().config().vocab_size;
+  const std::vector<int32_t> target = prompt_for(vocab, 23, 9);
+  // Reference: the target alone, prefill then 3 decode steps.
+  auto run = [&](int batch_size) {
+    std::vector<Sequence> seqs(static_cast<size_t>(batch_size));
+    for (int i = 0; i < batch_size; ++i) seqs[size_t(i)].tokens = i == batch_size / 2 ? target : prompt_for(vocab, 5 + 13 * i, 40 + i);
+    std::vector<Sequence*> ptrs;
+    for (auto& s : seqs) ptrs.push_back(&s);
+    std::vector<float> logits, trace;
+    for (int step = 0; step < 4; ++step) {
+      const Status st = gpu->step(ptrs, &logits);
+      EXPECT_TRUE(st.is_ok()) << st.message();
+      if (!st.is_ok()) break;
+      const float* row = logits.data() + size_t(batch_size / 2) * size_t(vocab);
+      trace.insert(trace.end(), row, row + vocab);
+      for (auto& s : seqs) s.tokens.push_back(int32_t((s.tokens.back() * 7 + 3) % vocab));
+    }
+    for (auto& s : seqs) gpu->release(&s);
+    return trace;
+  };
+  const std::vector<float> alone = run(1);
+  ASSERT_FALSE(alone.empty());
+  EXPECT_EQ(0, std::memcmp(alone.data(), run(1).data(), alone.size() * sizeof(float))) << "run to run";
+  for (int batch : {2, 5, 11}) {
+    const std::vector<float> mixed = run(batch);
+    ASSERT_EQ(mixed.size(), alone.size());
+    EXPECT_EQ(0, std::memcmp(alone.data(), mixed.data(), alone.size() * sizeof(float))) << "batch of " << batch;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaEngine, ::testing::ValuesIn(kFixtures));
+
+}  // namespace
+}  // namespace moex
