@@ -71,8 +71,10 @@ class Backend {
   virtual Status mla_attention(const ops::MlaAttentionParams& p) = 0;
 };
 
-// The CPU reference backend (always available).
-std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0);
+// The CPU reference backend (always available). activation_dtype kBF16 keeps hidden states in
+// bf16 between ops (and weights in bf16), rounding where a bf16 GPU rounds: a reference for
+// GPU runs whose only difference from the fp32 reference is bf16 itself.
+std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0, DType activation_dtype = DType::kF32);
 // The CUDA backend, or an error naming why it is unavailable (not built, no device).
 Expected<std::unique_ptr<Backend>> make_cuda_backend(int device_index = 0);
 

@@ -22,10 +22,12 @@ Expected<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   engine->options_ = options;
   if (options.device == "cpu") {
     engine->backend_ = make_cpu_backend(options.threads);
+  } else if (options.device == "cpu-bf16") {
+    engine->backend_ = make_cpu_backend(options.threads, DType::kBF16);
   } else if (options.device == "cuda") {
     MOEX_ASSIGN_OR_RETURN(engine->backend_, make_cuda_backend(0));
   } else {
-    return invalid_argument("unknown device '" + options.device + "' (expected cpu or cuda)");
+    return invalid_argument("unknown device '" + options.device + "' (expected cpu, cpu-bf16 or cuda)");
   }
   if (options.max_context <= 0) return invalid_argument("max_context must be positive");
 

@@ -19,7 +19,7 @@ namespace moex {
 
 struct EngineOptions {
   std::string model_dir;
-  std::string device = "cpu";    // "cpu" or "cuda"
+  std::string device = "cpu";    // "cpu" (fp32 reference), "cpu-bf16" (bf16 activations) or "cuda"
   int threads = 0;               // CPU backend threads; 0 = OpenMP default
   bool random_weights = false;   // config.json only; weights seeded random
   uint64_t weight_seed = 0;

@@ -1,10 +1,18 @@
-// End to end on the GPU: the CUDA engine against the CPU engine on every committed fixture
-// (greedy tokens identical, logits close), and bit-identical logits for a prompt whatever
-// batch it runs in. Skips, with the reason, where no CUDA device is present.
+// End to end on the GPU: the CUDA engine against the CPU engine on every committed fixture and
+// on the embedded model, and bit-identical logits for a prompt whatever batch it runs in.
+// Skips, with the reason, where no CUDA device is present.
+//
+// The CUDA engine keeps activations and weights in bf16. Against the fp32 CPU reference its
+// greedy tokens can part ways where a bf16 rounding flips a routing decision or a near-tie
+// (the deepseek_v3 fixture does so after 3 tokens, and so does the CPU engine run in bf16), so
+// greedy tokens are compared exactly with the CPU engine in bf16 mode ("cpu-bf16": the same
+// rounding points, only summation orders differ), and logits with both.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <utility>
 #include <filesystem>
 #include <numeric>
 #include <string>
@@ -59,7 +67,7 @@ class CudaEngine : public ::testing::TestWithParam<const char*> {
 
 TEST_P(CudaEngine, GreedyTokensMatchTheCpuEngine) {
   const std::string dir = fixture_dir(GetParam());
-  auto cpu = make_engine(dir, "cpu", 4);
+  auto cpu = make_engine(dir, "cpu-bf16", 4);
   auto gpu = make_engine(dir, "cuda", 16);
   ASSERT_TRUE(cpu && gpu);
   const int64_t vocab = cpu->model().config().vocab_size;
@@ -78,25 +86,56 @@ TEST_P(CudaEngine, GreedyTokensMatchTheCpuEngine) {
 
 TEST_P(CudaEngine, PromptLogitsCloseToTheCpuEngine) {
   const std::string dir = fixture_dir(GetParam());
-  auto cpu = make_engine(dir, "cpu", 4);
   auto gpu = make_engine(dir, "cuda", 16);
-  ASSERT_TRUE(cpu && gpu);
-  const int64_t vocab = cpu->model().config().vocab_size;
-  Sequence a, b;
-  a.tokens = b.tokens = prompt_for(vocab, 40, 5);
-  std::vector<float> lc, lg;
-  ASSERT_TRUE(cpu->step_all_logits(&a, &lc).is_ok());
+  ASSERT_TRUE(gpu);
+  const int64_t vocab = gpu->model().config().vocab_size;
+  const std::vector<int32_t> prompt = prompt_for(vocab, 40, 5);
+  std::vector<float> lg;
+  Sequence b;
+  b.tokens = prompt;
   const Status s = gpu->step_all_logits(&b, &lg);
   ASSERT_TRUE(s.is_ok()) << s.message();
-  ASSERT_EQ(lc.size(), lg.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < lc.size(); ++i) {
-    ASSERT_TRUE(std::isfinite(lg[i])) << "row " << i / size_t(vocab);
-    num += (double(lg[i]) - lc[i]) * (double(lg[i]) - lc[i]);
-    den += double(lc[i]) * lc[i];
+  for (size_t i = 0; i < lg.size(); ++i) ASSERT_TRUE(std::isfinite(lg[i])) << "row " << i / size_t(vocab);
+  // Against the CPU in bf16 mode: only summation orders differ. Against the fp32 reference:
+  // bf16 itself, including routing flips at near-ties, so a looser bound.
+  const std::pair<const char*, double> references[] = {{"cpu-bf16", 1e-2}, {"cpu", 1e-1}};
+  for (const auto& [device, tolerance] : references) {
+    auto cpu = make_engine(dir, device, 4);
+    ASSERT_TRUE(cpu);
+    Sequence a;
+    a.tokens = prompt;
+    std::vector<float> lc;
+    ASSERT_TRUE(cpu->step_all_logits(&a, &lc).is_ok());
+    ASSERT_EQ(lc.size(), lg.size());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < lc.size(); ++i) {
+      num += (double(lg[i]) - lc[i]) * (double(lg[i]) - lc[i]);
+      den += double(lc[i]) * lc[i];
+    }
+    const double rel = std::sqrt(num / den);
+    std::printf("%s: relative L2 error of CUDA logits vs %s: %.3g\n", GetParam(), device, rel);
+    EXPECT_LT(rel, tolerance) << GetParam() << " vs " << device;
   }
-  // bf16 weights and activations against the fp32 reference.
-  EXPECT_LT(std::sqrt(num / den), 3e-2) << GetParam();
+}
+
+// The embedded model: CUDA greedy tokens equal the fp32 CPU engine's (pinned in tests/e2e too).
+TEST(CudaEmbeddedModel, GreedyTokensMatchTheFp32CpuEngine) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device: GPU end-to-end test not run";
+  const std::string dir = std::string(MOEX_SOURCE_DIR) + "/models/moex-kjv-dsv3";
+  auto cpu = make_engine(dir, "cpu", 16);
+  auto gpu = make_engine(dir, "cuda", 64);
+  ASSERT_TRUE(cpu && gpu);
+  GenerateOptions g;
+  g.max_new_tokens = 64;
+  g.stop_at_eos = false;
+  for (const char* text : {"In the beginning", "And the LORD spake unto Moses, saying", "Blessed are the"}) {
+    const std::vector<int32_t> prompt = cpu->tokenizer()->encode(text, true);
+    std::vector<int32_t> cpu_tokens, gpu_tokens;
+    ASSERT_TRUE(cpu->generate(prompt, g, [&](int32_t t) { cpu_tokens.push_back(t); }).has_value());
+    auto stats = gpu->generate(prompt, g, [&](int32_t t) { gpu_tokens.push_back(t); });
+    ASSERT_TRUE(stats.has_value()) << stats.status().message();
+    EXPECT_EQ(cpu_tokens, gpu_tokens) << text;
+  }
 }
 
 TEST_P(CudaEngine, LogitsAreBitIdenticalAcrossRunsAndBatchCompositions) {

@@ -11,7 +11,8 @@ namespace moex::cli {
 
 void add_model_flags(CLI::App* app, ModelFlags* flags) {
   app->add_option("-m,--model", flags->model_dir, "model folder (config.json, *.safetensors, tokenizer.json); default: the embedded model");
-  app->add_option("--device", flags->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app->add_option("--device", flags->device, "cpu (fp32 reference), cpu-bf16 (bf16 activations) or cuda")
+      ->check(CLI::IsMember({"cpu", "cpu-bf16", "cuda"}));
   app->add_option("-t,--threads", flags->threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app->add_flag("--random-weights", flags->random_weights, "read config.json only and use seeded random weights");
   app->add_option("--weight-seed", flags->weight_seed, "seed of --random-weights");

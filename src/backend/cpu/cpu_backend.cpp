@@ -28,15 +28,18 @@ Status guarded(const char* op, Fn&& fn) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int num_threads) {
+  CpuBackend(int num_threads, DType activation_dtype) : activation_dtype_(activation_dtype) {
     ctx_.threads = num_threads > 0 ? num_threads : omp_get_max_threads();
     cpu::f16_table();
     cpu::f8_table();
   }
 
   DeviceType device() const override { return DeviceType::kCpu; }
-  std::string name() const override { return "cpu(" + std::to_string(ctx_.threads) + " threads)"; }
-  DType activation_dtype() const override { return DType::kF32; }
+  std::string name() const override {
+    return std::string(activation_dtype_ == DType::kF32 ? "cpu" : "cpu-bf16") + "(" + std::to_string(ctx_.threads) +
+           " threads)";
+  }
+  DType activation_dtype() const override { return activation_dtype_; }
 
   Expected<Buffer> alloc(size_t bytes) override {
     constexpr size_t kAlign = 64;
@@ -83,10 +86,13 @@ class CpuBackend final : public Backend {
   }
 
   cpu::Ctx ctx_;
+  DType activation_dtype_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
+std::unique_ptr<Backend> make_cpu_backend(int num_threads, DType activation_dtype) {
+  return std::make_unique<CpuBackend>(num_threads, activation_dtype);
+}
 
 }  // namespace moex
