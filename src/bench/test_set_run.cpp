@@ -108,8 +108,17 @@ Expected<HostTensor> run_moe_on(Backend& be, const MoeInputs& in) {
   MOEX_ASSIGN_OR_RETURN(p.x, up.put(be, x));
   MOEX_ASSIGN_OR_RETURN(p.topk_ids, up.put(be, in.ids));
   MOEX_ASSIGN_OR_RETURN(p.topk_weights, up.put(be, in.weights));
-  MOEX_ASSIGN_OR_RETURN(p.w13, up.put(be, in.w13));
-  MOEX_ASSIGN_OR_RETURN(p.w2, up.put(be, in.w2));
+  // A bf16 backend keeps expert weights in bf16, as the model loader stores them there
+  // (WeightLoader::storage_dtype): f32/f16 cases run on the bf16-rounded weights, checked
+  // against the reference on the original ones.
+  const bool bf16_weights = be.activation_dtype() == DType::kBF16;
+  HostTensor w13_bf16, w2_bf16;
+  if (bf16_weights) {
+    w13_bf16 = convert(in.w13, DType::kBF16);
+    w2_bf16 = convert(in.w2, DType::kBF16);
+  }
+  MOEX_ASSIGN_OR_RETURN(p.w13, up.put(be, bf16_weights ? w13_bf16 : in.w13));
+  MOEX_ASSIGN_OR_RETURN(p.w2, up.put(be, bf16_weights ? w2_bf16 : in.w2));
   if (!in.expert_map.t.empty()) {
     MOEX_ASSIGN_OR_RETURN(p.expert_map, up.put(be, in.expert_map));
   }

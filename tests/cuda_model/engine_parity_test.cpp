@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <utility>
 #include <filesystem>
@@ -65,23 +66,59 @@ class CudaEngine : public ::testing::TestWithParam<const char*> {
   }
 };
 
-TEST_P(CudaEngine, GreedyTokensMatchTheCpuEngine) {
+// Teacher-forced along the fp32 CPU engine's greedy path: wherever the reference's top-1 beats
+// its top-2 by more than three times the row's CUDA-vs-CPU logit difference (RMS), the CUDA
+// argmax must be the same token. The random fixtures have greedy margins down to 0.008, so some
+// rows are near-ties that bf16 may flip; most rows must be decisive, or the test fails.
+TEST_P(CudaEngine, GreedyArgmaxAgreesWhereTheReferenceIsDecisive) {
   const std::string dir = fixture_dir(GetParam());
-  auto cpu = make_engine(dir, "cpu-bf16", 4);
+  auto cpu = make_engine(dir, "cpu", 4);
   auto gpu = make_engine(dir, "cuda", 16);
   ASSERT_TRUE(cpu && gpu);
   const int64_t vocab = cpu->model().config().vocab_size;
   GenerateOptions g;
   g.max_new_tokens = 16;
   g.stop_at_eos = false;
+  int decisive = 0, rows = 0, exact_paths = 0;
   for (int salt = 0; salt < 3; ++salt) {
-    const std::vector<int32_t> prompt = prompt_for(vocab, 12 + 7 * salt, salt);
-    std::vector<int32_t> cpu_tokens, gpu_tokens;
-    ASSERT_TRUE(cpu->generate(prompt, g, [&](int32_t t) { cpu_tokens.push_back(t); }).has_value());
-    auto stats = gpu->generate(prompt, g, [&](int32_t t) { gpu_tokens.push_back(t); });
+    std::vector<int32_t> path = prompt_for(vocab, 12 + 7 * salt, salt);
+    const size_t prompt_len = path.size();
+    ASSERT_TRUE(cpu->generate(path, g, [&](int32_t t) { path.push_back(t); }).has_value());
+    std::vector<int32_t> gpu_greedy;
+    auto stats = gpu->generate(std::vector<int32_t>(path.begin(), path.begin() + int64_t(prompt_len)), g,
+                               [&](int32_t t) { gpu_greedy.push_back(t); });
     ASSERT_TRUE(stats.has_value()) << stats.status().message();
-    EXPECT_EQ(cpu_tokens, gpu_tokens) << GetParam() << " prompt " << salt;
+    exact_paths += std::equal(gpu_greedy.begin(), gpu_greedy.end(), path.begin() + int64_t(prompt_len));
+    Sequence a, b;
+    a.tokens = b.tokens = path;
+    std::vector<float> lc, lg;
+    ASSERT_TRUE(cpu->step_all_logits(&a, &lc).is_ok());
+    const Status st = gpu->step_all_logits(&b, &lg);
+    ASSERT_TRUE(st.is_ok()) << st.message();
+    for (size_t row = prompt_len - 1; row + 1 < path.size(); ++row) {  // rows that chose a greedy token
+      const float* c = lc.data() + row * size_t(vocab);
+      const float* q = lg.data() + row * size_t(vocab);
+      int32_t top1 = 0;
+      for (int64_t v = 1; v < vocab; ++v) top1 = c[v] > c[top1] ? int32_t(v) : top1;
+      float top2 = -INFINITY;
+      double diff = 0;
+      for (int64_t v = 0; v < vocab; ++v) {
+        if (v != top1) top2 = std::max(top2, c[v]);
+        diff += (double(q[v]) - c[v]) * (double(q[v]) - c[v]);
+      }
+      const double rms = std::sqrt(diff / double(vocab));
+      ++rows;
+      if (double(c[top1]) - top2 <= 3 * rms) continue;
+      ++decisive;
+      int32_t gpu_top1 = 0;
+      for (int64_t v = 1; v < vocab; ++v) gpu_top1 = q[v] > q[gpu_top1] ? int32_t(v) : gpu_top1;
+      EXPECT_EQ(gpu_top1, top1) << GetParam() << " prompt " << salt << " row " << row << " margin "
+                                << c[top1] - top2 << " rms diff " << rms;
+    }
   }
+  std::printf("%s: %d of %d greedy rows decisive; %d of 3 free-running greedy paths identical to fp32 CPU\n",
+              GetParam(), decisive, rows, exact_paths);
+  EXPECT_GE(decisive, rows * 3 / 4) << GetParam() << ": too few decisive rows for the check to mean anything";
 }
 
 TEST_P(CudaEngine, PromptLogitsCloseToTheCpuEngine) {
