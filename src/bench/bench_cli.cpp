@@ -76,6 +76,9 @@ int bench_main(int argc, char** argv) {
     e2e->add_option("--decode-steps", eo.decode_steps, "timed decode steps per batch size (default 16)");
     e2e->add_option("--batch-prompt", eo.batch_prompt, "prompt tokens per sequence in the throughput runs (default 32)");
     e2e->add_option("--seed", eo.seed, "weights and prompt seed");
+    e2e->add_option("--threads", eo.threads, "CPU backend threads (default: OpenMP default)");
+    e2e->add_option("--profile-steps", eo.profile_steps,
+                    "batch-1 decode steps of the profiled pass: attention / MoE / other split (default 16, 0 skips)");
 
     if (int code = parse(app, argc, argv); code >= 0) return code;
     if (roof->parsed()) return report(bench::run_roofline(ro, std::cout).status(), "bench roofline");

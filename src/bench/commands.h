@@ -56,6 +56,8 @@ struct E2eOptions {
   int64_t decode_steps = 16;     // timed steps per batch size
   int64_t batch_prompt = 32;     // prompt length of each sequence in the throughput runs
   uint64_t seed = 1;
+  int threads = 0;               // CPU backend threads; 0 = OpenMP default
+  int64_t profile_steps = 16;    // batch-1 decode steps of the profiled pass; 0 skips it
 };
 Status run_e2e(const E2eOptions& o, std::ostream& out);
 

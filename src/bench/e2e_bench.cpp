@@ -3,9 +3,14 @@
 //      default): end-to-end latency, prefill time, decode step p50/p99, tokens/s;
 //   2. decode throughput at several batch sizes: B sequences of a short prompt are prefilled,
 //      then `decode_steps` batched decode steps are timed (greedy, one token per sequence).
+//   3. a profiled batch-1 decode pass (Model::set_profiling: the backend is synchronized at
+//      every region boundary) splitting each step into attention / MoE / other, per layer and in
+//      total. It runs after every timed run, so its synchronizations never touch the numbers above.
 // Prompts are random token ids (a random-weights model has no meaningful text).
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <iomanip>
 
 #include "bench/commands.h"
@@ -33,6 +38,89 @@ int32_t argmax(const float* row, int64_t vocab) {
   return int32_t(std::max_element(row, row + vocab) - row);
 }
 
+// The machine's 1-minute load average (Linux), -1 when unreadable: CPU timings on a shared host
+// only mean something next to it.
+double load_average() {
+  std::ifstream f("/proc/loadavg");
+  double l = -1;
+  if (!(f >> l)) return -1;
+  return l;
+}
+
+// Part 3: batch 1, a prompt of o.prompt_tokens prefilled unprofiled, then o.profile_steps greedy
+// decode steps with the model's profiling on. Seconds are per decode step.
+Expected<nlohmann::json> profile_decode(Engine& engine, const E2eOptions& o, int64_t vocab, std::ostream& out) {
+  Model& model = engine.model();
+  const int64_t layers = model.config().num_layers;
+  Sequence seq;
+  seq.tokens = random_prompt(o.prompt_tokens, vocab, o.seed + 7);
+  std::vector<float> logits;  // [1, vocab]
+  Status s = engine.step({&seq}, &logits);
+  model.set_profiling(true);
+  std::vector<double> steps;
+  for (int64_t k = 0; s.is_ok() && k < o.profile_steps; ++k) {
+    seq.tokens.push_back(argmax(logits.data(), vocab));
+    auto t0 = std::chrono::steady_clock::now();
+    s = engine.step({&seq}, &logits);
+    steps.push_back(since(t0));
+  }
+  const ModelProfile p = model.profile();
+  model.set_profiling(false);
+  engine.release(&seq);
+  MOEX_RETURN_IF_ERROR(s);
+  if (p.forwards <= 0 || int64_t(p.layer_attention_s.size()) != layers)
+    return internal_error("bench e2e: the model recorded no profile (profiling unsupported?)");
+
+  const double per = 1.0 / double(p.forwards);
+  double step_mean = 0, in_layer_other = 0;
+  for (double v : steps) step_mean += v / double(steps.size());
+  int64_t moe_layers = 0;
+  nlohmann::json per_layer = nlohmann::json::array();
+  for (size_t i = 0; i < size_t(layers); ++i) {
+    in_layer_other += p.layer_other_s[i];
+    if (p.layer_moe_s[i] > 0) ++moe_layers;
+    per_layer.push_back({{"layer", int64_t(i)},
+                         {"attention_s", p.layer_attention_s[i] * per},
+                         {"moe_s", p.layer_moe_s[i] * per},
+                         {"other_s", p.layer_other_s[i] * per}});
+  }
+  const double attn = p.attention_s * per, moe = p.moe_s * per, other = p.other_s * per;
+  const double attn_layer = layers > 0 ? attn / double(layers) : 0;
+  const double moe_layer = moe_layers > 0 ? moe / double(moe_layers) : 0;
+  const double other_layer = layers > 0 ? in_layer_other * per / double(layers) : 0;
+  const double region_sum = attn + moe + other;
+
+  out << "profiled decode: batch 1, " << p.forwards << " steps after a " << o.prompt_tokens
+      << "-token prompt, synchronized at region boundaries (step " << step_mean * 1e3 << " ms here)\n";
+  out << std::setw(12) << "region" << std::setw(14) << "ms/step" << std::setw(16) << "ms/layer mean" << std::setw(10)
+      << "share" << "\n";
+  auto row = [&](const char* name, double total, double layer_mean) {
+    out << std::setw(12) << name << std::setw(14) << total * 1e3 << std::setw(16) << layer_mean * 1e3 << std::setw(10)
+        << (region_sum > 0 ? total / region_sum : 0) << "\n";
+  };
+  row("attention", attn, attn_layer);
+  row("moe", moe, moe_layer);
+  row("other", other, other_layer);
+  out << std::setw(12) << "sum" << std::setw(14) << region_sum * 1e3 << "  (of " << layers << " layers, " << moe_layers
+      << " MoE; 'other' per layer excludes embedding / lm_head / upload: " << (other - in_layer_other * per) * 1e3
+      << " ms/step)\n";
+
+  return nlohmann::json{{"decode_steps", p.forwards},
+                        {"context_tokens", o.prompt_tokens},
+                        {"step_mean_s", step_mean},
+                        {"forward_mean_s", p.forward_s * per},
+                        {"attention_s", attn},
+                        {"moe_s", moe},
+                        {"other_s", other},
+                        {"other_outside_layers_s", other - in_layer_other * per},
+                        {"attention_per_layer_s", attn_layer},
+                        {"moe_per_layer_s", moe_layer},
+                        {"other_per_layer_s", other_layer},
+                        {"layers", layers},
+                        {"moe_layers", moe_layers},
+                        {"per_layer", per_layer}};
+}
+
 }  // namespace
 
 Status run_e2e(const E2eOptions& o, std::ostream& out) {
@@ -46,6 +134,7 @@ Status run_e2e(const E2eOptions& o, std::ostream& out) {
   EngineOptions eo;
   eo.model_dir = o.model_dir;
   eo.device = o.device;
+  eo.threads = o.threads;
   eo.random_weights = o.random_weights;
   eo.weight_seed = o.seed;
   // KV room for the batch-1 run and for the largest batch (one page of slack per sequence).
@@ -142,6 +231,16 @@ Status run_e2e(const E2eOptions& o, std::ostream& out) {
                    {"tokens_per_s", tps}});
   }
   rec["decode_throughput"] = thr;
+  rec["threads"] = o.threads;
+  rec["load_average_1m"] = load_average();
+  // OpenMP's spin-waiting decides CPU timings on an oversubscribed host: keep the setting.
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  rec["omp_wait_policy"] = wait_policy ? wait_policy : "";
+
+  // 3. The profiled pass, last.
+  if (o.profile_steps > 0) {
+    MOEX_ASSIGN_OR_RETURN(rec["profile"], profile_decode(*engine, o, vocab, out));
+  }
   const std::string path = o.out_dir + "/" + device_slug(device) + "/e2e.json";
   MOEX_RETURN_IF_ERROR(append_json_records(path, {rec}));
   out << "record appended to " << path << "\n";

@@ -39,6 +39,21 @@ struct ParamCounts {
   int64_t bytes = 0;              // weight bytes as stored
 };
 
+// Profiling mode (off by default): host-clock seconds accumulated over forward() calls, the
+// backend synchronized at every region boundary so device work lands in the region that queued
+// it. Regions: attention (input norm through the attention residual add), moe (router, experts,
+// shared experts and their residual add), other (everything else: step upload, embedding,
+// post-attention norms, dense-MLP layers, final norm, lm_head, logits copy). Their sum is the
+// whole forward() time.
+struct ModelProfile {
+  int64_t forwards = 0;   // forward() calls accumulated
+  double forward_s = 0;   // wall time of those calls
+  double attention_s = 0, moe_s = 0, other_s = 0;   // over all layers and calls
+  std::vector<double> layer_attention_s;  // [num_layers]
+  std::vector<double> layer_moe_s;        // [num_layers] 0 for dense layers
+  std::vector<double> layer_other_s;      // [num_layers] other time inside the layer loop
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -57,6 +72,10 @@ class Model {
   virtual int page_size() const = 0;
   // Runs one step and returns fp32 logits [batch.logits_rows.size(), vocab] on the host.
   virtual Status forward(const ForwardBatch& batch, std::vector<float>* logits) = 0;
+  // Turning profiling on clears the accumulated profile; off leaves it readable. Off costs one
+  // branch per region boundary and changes no results.
+  virtual void set_profiling(bool on) { (void)on; }
+  virtual ModelProfile profile() const { return {}; }
 };
 
 }  // namespace moex

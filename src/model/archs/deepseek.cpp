@@ -180,6 +180,7 @@ class DeepseekModel final : public ModelBase {
     const int64_t slots = int64_t(num_pages_) * page_size_;
 
     for (DeepseekLayer& l : layers_) {
+      const int64_t li = &l - layers_.data();  // profile: layer index
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.input_norm, .out = x_norm, .eps = eps}));
       // Queries.
       if (q_rank == 0) {
@@ -208,9 +209,11 @@ class DeepseekModel final : public ModelBase {
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = o_latent_by_head, .w = l.w_uv, .out = attn_v_by_head}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = attn_v.reshape({n, heads * vd}), .w = l.o_proj, .out = attn_out}));
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = attn_out, .out = hidden}));
+      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kAttention, li));  // profile
 
       // Feed-forward: routed + shared experts, or a dense MLP in the first layers.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.post_attn_norm, .out = x_norm, .eps = eps}));
+      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, li));  // profile
       Tensor ffn_out;  // [n, hidden]
       if (l.is_moe) {
         MOEX_ASSIGN_OR_RETURN(ffn_out, moe_block(l.moe, x_norm, ws));
@@ -218,6 +221,7 @@ class DeepseekModel final : public ModelBase {
         MOEX_ASSIGN_OR_RETURN(ffn_out, mlp_block(l.mlp, x_norm, ws));
       }
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = ffn_out, .out = hidden}));
+      MOEX_RETURN_IF_ERROR(lap(l.is_moe ? ProfileRegion::kMoe : ProfileRegion::kOther, li));  // profile
     }
     return Status::ok();
   }

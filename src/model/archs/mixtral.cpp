@@ -87,6 +87,7 @@ class MixtralModel final : public ModelBase {
     const float scale = float(1.0 / std::sqrt(double(d)));
 
     for (MixtralLayer& l : layers_) {
+      const int64_t li = &l - layers_.data();  // profile: layer index
       // Attention.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.input_norm, .out = x_norm, .eps = eps}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.q_proj, .out = q.reshape({n, q_heads * d})}));
@@ -106,11 +107,14 @@ class MixtralModel final : public ModelBase {
                                                    .sliding_window = int(config_.sliding_window)}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = attn.reshape({n, q_heads * d}), .w = l.o_proj, .out = attn_out}));
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = attn_out, .out = hidden}));
+      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kAttention, li));  // profile
 
       // Feed-forward: routed experts.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.post_attn_norm, .out = x_norm, .eps = eps}));
+      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, li));  // profile
       MOEX_ASSIGN_OR_RETURN(Tensor ffn_out, moe_block(l.moe, x_norm, ws));  // [n, hidden]
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = ffn_out, .out = hidden}));
+      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kMoe, li));  // profile
     }
     return Status::ok();
   }

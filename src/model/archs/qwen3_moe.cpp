@@ -102,6 +102,7 @@ class Qwen3MoeModel final : public ModelBase {
     const float scale = float(1.0 / std::sqrt(double(d)));
 
     for (Qwen3Layer& l : layers_) {
+      const int64_t li = &l - layers_.data();  // profile: layer index
       // Attention.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.input_norm, .out = x_norm, .eps = eps}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.q_proj, .out = q.reshape({n, q_heads * d})}));
@@ -123,9 +124,11 @@ class Qwen3MoeModel final : public ModelBase {
                                                    .sliding_window = 0}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = attn.reshape({n, q_heads * d}), .w = l.o_proj, .out = attn_out}));
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = attn_out, .out = hidden}));
+      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kAttention, li));  // profile
 
       // Feed-forward: routed experts or a dense MLP.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.post_attn_norm, .out = x_norm, .eps = eps}));
+      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, li));  // profile
       Tensor ffn_out;  // [n, hidden]
       if (l.is_moe) {
         MOEX_ASSIGN_OR_RETURN(ffn_out, moe_block(l.moe, x_norm, ws));
@@ -133,6 +136,7 @@ class Qwen3MoeModel final : public ModelBase {
         MOEX_ASSIGN_OR_RETURN(ffn_out, mlp_block(l.mlp, x_norm, ws));
       }
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = ffn_out, .out = hidden}));
+      MOEX_RETURN_IF_ERROR(lap(l.is_moe ? ProfileRegion::kMoe : ProfileRegion::kOther, li));  // profile
     }
     return Status::ok();
   }
