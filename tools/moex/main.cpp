@@ -2,14 +2,31 @@
 //   moex run [--model DIR] --prompt TEXT -n N [--temperature T --top-k K --top-p P --seed S]
 //   moex info [--model DIR]
 //   moex perplexity [--model DIR] --file F [--window W]
+//   moex logits [--model DIR] --prompt-ids-file F --out OUT.bin [--full]
 //   moex bench roofline|ops|e2e ...     moex test-set --op X ...
+#include <cstdlib>
 #include <cstring>
+
+#include <unistd.h>
 #include <iostream>
 
 #include "bench/bench_cli.h"
 #include "cli_common.h"
 
+// libgomp reads its wait policy once, when it loads, and by default spins ~300k iterations at
+// every barrier: on a busy 2-core machine a spinning thread starves the one it waits for. Measured
+// on the embedded model, 2 threads, load average ~5.6 (bench e2e, 256 decode steps, two rounds):
+// default 10 / 60 tokens/s (p99 step 810 / 143 ms), GOMP_SPINCOUNT=10000 31 / 90,
+// OMP_WAIT_POLICY=passive 133 / 152 (p99 33 / 15 ms). So moex runs passive unless the user chose.
+static void use_passive_openmp_waits(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT") || std::getenv("MOEX_NO_REEXEC")) return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  setenv("MOEX_NO_REEXEC", "1", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default policy
+}
+
 int main(int argc, char** argv) {
+  use_passive_openmp_waits(argv);
   // bench and test-set own their flags.
   if (argc >= 2 && std::strcmp(argv[1], "bench") == 0) return moex::bench_main(argc - 1, argv + 1);
   if (argc >= 2 && std::strcmp(argv[1], "test-set") == 0) return moex::test_set_main(argc - 1, argv + 1);
@@ -45,6 +62,15 @@ int main(int argc, char** argv) {
   ppl->add_option("-f,--file", file, "UTF-8 text file")->required();
   ppl->add_option("--window", window, "tokens per scored window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
 
+  CLI::App* logits = app.add_subcommand("logits", "per-position argmax and top-5 logits of a teacher-forced id sequence");
+  moex::cli::ModelFlags logits_model;
+  std::string ids_file, logits_out;
+  bool logits_full = false;
+  moex::cli::add_model_flags(logits, &logits_model);
+  logits->add_option("--prompt-ids-file", ids_file, "token ids, whitespace or comma separated")->required();
+  logits->add_option("-o,--out", logits_out, "output file (format: tools/moex/cmd_logits.cpp)")->required();
+  logits->add_flag("--full", logits_full, "write all fp32 logits instead of the top-5");
+
   app.add_subcommand("bench", "benchmarks (moex bench --help)");
   app.add_subcommand("test-set", "operator test sets (moex test-set --help)");
 
@@ -55,7 +81,7 @@ int main(int argc, char** argv) {
     return false;
   };
   if (argc >= 2 && argv[1][0] != '-' && !is_subcommand(argv[1])) {
-    std::cerr << "moex: error: unknown subcommand '" << argv[1] << "' (expected run, info, perplexity, bench or test-set)\n";
+    std::cerr << "moex: error: unknown subcommand '" << argv[1] << "' (expected run, info, perplexity, logits, bench or test-set)\n";
     return 2;
   }
   try {
@@ -74,5 +100,6 @@ int main(int argc, char** argv) {
   if (run->parsed()) return moex::cli::run_generate(model, prompt, prompt_ids, n, sampling, ignore_eos, false);
   if (info->parsed()) return moex::cli::run_info(info_model);
   if (ppl->parsed()) return moex::cli::run_perplexity(ppl_model, file, window);
+  if (logits->parsed()) return moex::cli::run_logits(logits_model, ids_file, logits_out, logits_full);
   return 2;
 }
