@@ -3,6 +3,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "kernels/attention/attention.h"
+#include "kernels/attention/mla/mla_decode_tc.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/gemm/gemm.h"
 #include "kernels/moe/moe.h"
@@ -280,6 +281,9 @@ Status CudaBackend::mla_attention(const ops::MlaAttentionParams& p) {
     MOEX_RETURN_IF_ERROR(c.dim_is(p.lse, "lse", 1, heads));
   }
   MOEX_RETURN_IF_ERROR(validate_paged(c, p.seqs, n, p.cache.shape[1]));
+  // Tensor-core decode kernel for bf16 576/512; the generic split-KV kernel for the rest.
+  if (kernels::mla_decode_tc_supported(p))
+    return cuda_status(kernels::launch_mla_decode_tc(p, *this, stream_), "cuda mla_attention: tensor-core launch");
   return cuda_status(kernels::launch_mla_attention(p, *this, stream_), "cuda mla_attention: launch");
 }
 
