@@ -1,11 +1,17 @@
 #include "model/model_base.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <thread>
 
 namespace moex {
 namespace {
+double steady_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -18,6 +24,27 @@ uint64_t fnv1a(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   return h;
+}
+
+// Runs fn(begin, end) over [0, n) split into contiguous chunks on up to hardware_concurrency
+// threads; small ranges stay on the calling thread (thread start costs ~tens of us).
+void parallel_chunks(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  constexpr int64_t kMinChunk = int64_t(1) << 18;
+  const int64_t hw = std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()));
+  const int64_t workers = std::min<int64_t>(hw, (n + kMinChunk - 1) / kMinChunk);
+  if (workers <= 1) {
+    fn(0, n);
+    return;
+  }
+  const int64_t chunk = (n + workers - 1) / workers;
+  std::vector<std::thread> threads;
+  threads.reserve(size_t(workers - 1));
+  for (int64_t w = 1; w < workers; ++w) {
+    const int64_t begin = w * chunk, end = std::min(n, begin + chunk);
+    if (begin < end) threads.emplace_back(fn, begin, end);
+  }
+  fn(0, std::min(n, chunk));
+  for (std::thread& t : threads) t.join();
 }
 
 int64_t numel_of(const std::vector<int64_t>& shape) {
@@ -97,14 +124,20 @@ Status WeightLoader::read_host(const std::string& name, const std::vector<int64_
     out->resize(size_t(n) * dtype_size(*dtype));
     const uint64_t base = splitmix64(seed_ ^ fnv1a(name));
     const float half_width = 0.02f * std::sqrt(3.0f);
-    for (int64_t i = 0; i < n; ++i) {
-      float v = 1.0f;
-      if (!is_norm) {
-        const double u = double(splitmix64(base + uint64_t(i)) >> 11) * (1.0 / 9007199254740992.0);
-        v = float((2.0 * u - 1.0) * half_width);
+    const DType dt = *dtype;
+    void* dst = out->data();  // [n] in dt
+    // Each value depends on its index only, so any split over threads gives the same bits;
+    // full-size checkpoints (30B+ values) are otherwise minutes of one core.
+    parallel_chunks(n, [=](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        float v = 1.0f;
+        if (!is_norm) {
+          const double u = double(splitmix64(base + uint64_t(i)) >> 11) * (1.0 / 9007199254740992.0);
+          v = float((2.0 * u - 1.0) * half_width);
+        }
+        store_from_f32(dst, dt, size_t(i), v);
       }
-      store_from_f32(out->data(), *dtype, size_t(i), v);
-    }
+    });
     return Status::ok();
   }
   MOEX_ASSIGN_OR_RETURN(Tensor view, ckpt_->get(name, shape));
@@ -154,7 +187,12 @@ Expected<Tensor> WeightLoader::load_f32(const std::string& name, std::vector<int
   if (ckpt_ == nullptr) {
     f.resize(size_t(numel_of(shape)));
     const uint64_t base = splitmix64(seed_ ^ fnv1a(name));
-    for (size_t i = 0; i < f.size(); ++i) f[i] = 0.1f * float(int64_t(splitmix64(base + i) % 2001) - 1000) / 1000.f;
+    float* dst = f.data();  // [numel]
+    parallel_chunks(int64_t(f.size()), [=](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        dst[i] = 0.1f * float(int64_t(splitmix64(base + uint64_t(i)) % 2001) - 1000) / 1000.f;
+      }
+    });
   } else {
     MOEX_ASSIGN_OR_RETURN(f, read_f32(name, shape));
   }
@@ -348,6 +386,11 @@ Status ModelBase::upload_step(const ForwardBatch& b, Workspace& ws, StepInputs* 
 
 Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits) {
   if (!kv_cache_ready()) return invalid_argument("Model::forward: call allocate_kv_cache first");
+  if (profiling_) {  // profile: start the clock with no earlier work in flight
+    MOEX_RETURN_IF_ERROR(backend_.synchronize());
+    last_lap_s_ = steady_seconds();
+    ++profile_.forwards;
+  }
   Workspace ws(backend_);
   StepInputs step;
   MOEX_RETURN_IF_ERROR(upload_step(batch, ws, &step));
@@ -357,10 +400,14 @@ Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits)
 
   MOEX_ASSIGN_OR_RETURN(Tensor hidden, ws.make(act, {n, h}));  // [n, hidden] residual stream
   MOEX_RETURN_IF_ERROR(backend_.embedding({.ids = step.tokens, .table = embed_, .out = hidden}));
+  MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, -1));  // profile
   MOEX_RETURN_IF_ERROR(run_layers(step, ws, hidden));
 
   logits->clear();
-  if (rows == 0) return backend_.synchronize();
+  if (rows == 0) {
+    MOEX_RETURN_IF_ERROR(backend_.synchronize());
+    return lap(ProfileRegion::kOther, -1);  // profile
+  }
   // The final norm is per row, so pick the wanted rows first; the embedding op is a row gather.
   MOEX_ASSIGN_OR_RETURN(Tensor picked, ws.make(act, {rows, h}));  // [rows, hidden]
   MOEX_RETURN_IF_ERROR(backend_.embedding({.ids = step.logits_rows, .table = hidden, .out = picked}));
@@ -370,7 +417,41 @@ Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits)
   MOEX_RETURN_IF_ERROR(backend_.matmul({.x = picked, .w = lm_head_, .out = out}));
   logits->resize(size_t(rows * v));
   MOEX_RETURN_IF_ERROR(backend_.copy_to_host(logits->data(), out.data, logits->size() * sizeof(float)));
-  return backend_.synchronize();
+  MOEX_RETURN_IF_ERROR(backend_.synchronize());
+  return lap(ProfileRegion::kOther, -1);  // profile
+}
+
+void ModelBase::set_profiling(bool on) {
+  profiling_ = on;
+  if (!on) return;
+  const size_t layers = size_t(std::max<int64_t>(0, config_.num_layers));
+  profile_ = ModelProfile{};
+  profile_.layer_attention_s.assign(layers, 0.0);
+  profile_.layer_moe_s.assign(layers, 0.0);
+  profile_.layer_other_s.assign(layers, 0.0);
+}
+
+Status ModelBase::lap_slow(ProfileRegion region, int64_t layer) {
+  MOEX_RETURN_IF_ERROR(backend_.synchronize());
+  const double now = steady_seconds(), dt = now - last_lap_s_;
+  last_lap_s_ = now;
+  profile_.forward_s += dt;
+  const bool in_layer = layer >= 0 && size_t(layer) < profile_.layer_attention_s.size();
+  switch (region) {
+    case ProfileRegion::kAttention:
+      profile_.attention_s += dt;
+      if (in_layer) profile_.layer_attention_s[size_t(layer)] += dt;
+      break;
+    case ProfileRegion::kMoe:
+      profile_.moe_s += dt;
+      if (in_layer) profile_.layer_moe_s[size_t(layer)] += dt;
+      break;
+    case ProfileRegion::kOther:
+      profile_.other_s += dt;
+      if (in_layer) profile_.layer_other_s[size_t(layer)] += dt;
+      break;
+  }
+  return Status::ok();
 }
 
 Expected<Tensor> ModelBase::mlp_block(const MlpWeights& w, const Tensor& x, Workspace& ws) {

@@ -100,6 +100,8 @@ class ModelBase : public Model {
   ParamCounts param_counts() const override { return counts_; }
   int page_size() const override { return page_size_; }
   Status forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+  void set_profiling(bool on) override;
+  ModelProfile profile() const override { return profile_; }
 
  protected:
   virtual Status load_layers(WeightLoader& loader) = 0;
@@ -122,6 +124,14 @@ class ModelBase : public Model {
   // Frees the previous cache and records the new geometry.
   void reset_cache(int num_pages, int page_size);
 
+  // Profiling (see ModelProfile): attributes the time since the previous boundary to `region` of
+  // layer `layer` (-1: outside the layer loop). A no-op returning ok while profiling is off.
+  enum class ProfileRegion { kAttention, kMoe, kOther };
+  Status lap(ProfileRegion region, int64_t layer) {
+    if (!profiling_) return Status::ok();
+    return lap_slow(region, layer);
+  }
+
   // Adds a weight to the parameter counts. `active`: read by every token's forward.
   void count(const Tensor& t, bool active);
   void count_experts(const MoeWeights& w);
@@ -140,6 +150,11 @@ class ModelBase : public Model {
   Tensor lm_head_;     // [vocab, hidden] (the embedding when tied)
 
  private:
+  Status lap_slow(ProfileRegion region, int64_t layer);
+  bool profiling_ = false;
+  ModelProfile profile_;
+  double last_lap_s_ = 0;  // steady-clock seconds of the previous boundary
+
   Status upload_step(const ForwardBatch& batch, Workspace& ws, StepInputs* step);
 };
 

@@ -31,5 +31,6 @@ int run_generate(const ModelFlags& model, const std::string& prompt, const std::
                  const SamplingParams& sampling, bool ignore_eos, bool chat);
 int run_info(const ModelFlags& model);
 int run_perplexity(const ModelFlags& model, const std::string& file, int64_t window);
+int run_logits(const ModelFlags& model, const std::string& ids_file, const std::string& out_path, bool full);
 
 }  // namespace moex::cli
