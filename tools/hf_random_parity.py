@@ -87,14 +87,16 @@ def gen_uniform(name, seed, n, device):
 
 def gen_bias(name, seed, n, device):
     """moex load_f32 (random path): 0.1f * float(int64(h % 2001) - 1000) / 1000.f, [n] f32."""
+    # Computed on the CPU: torch on CUDA divides by a scalar as a multiply by its reciprocal,
+    # which is not the correctly rounded division moex does (and the tensor is tiny).
     base = _i64(splitmix64_py((seed ^ fnv1a_py(name)) & MASK64))
-    idx = torch.arange(n, dtype=torch.int64, device=device)
+    idx = torch.arange(n, dtype=torch.int64)
     h = splitmix64_t(idx + base)
     # Unsigned h % 2001 from the two 32-bit halves (int64 % would see h as signed).
     hi, lo = _srl(h, 32), h & 0xFFFFFFFF
     r = ((hi % 2001) * ((1 << 32) % 2001) + lo) % 2001
     x = (r - 1000).to(torch.float32)
-    return (x * torch.tensor(0.1, dtype=torch.float32)) / torch.tensor(1000.0, dtype=torch.float32)
+    return ((x * torch.tensor(0.1, dtype=torch.float32)) / torch.tensor(1000.0, dtype=torch.float32)).to(device)
 
 
 def self_check(device):
