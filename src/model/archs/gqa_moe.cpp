@@ -1,6 +1,11 @@
-// Mixtral (MixtralForCausalLM): pre-norm decoder; GQA with RoPE (NeoX rotate-half pairs) and an
-// optional sliding window; every layer is sparse: softmax top-k routing, always renormalised over
-// the chosen experts, experts stored as block_sparse_moe.experts.E.w1 (gate) / w3 (up) / w2 (down).
+// The GQA families: Qwen3-MoE (Qwen3MoeForCausalLM) and Mixtral (MixtralForCausalLM).
+// Both are pre-norm decoders with GQA, RoPE on NeoX rotate-half pairs and softmax top-k routing;
+// they differ only where GqaFamily says:
+//   Qwen3-MoE: a per-head RMSNorm on q and k before RoPE; renormalisation per norm_topk_prob;
+//              layers in mlp_only_layers (or off the decoder_sparse_step grid) use a dense SwiGLU
+//              MLP; experts at mlp.experts.E.{gate,up,down}_proj.
+//   Mixtral:   an optional sliding window; every layer sparse, always renormalised
+//              (MixtralTopKRouter); experts at block_sparse_moe.experts.E.w1 (gate) / w3 (up) / w2 (down).
 #include <cmath>
 
 #include "model/archs/archs.h"
@@ -9,26 +14,44 @@
 namespace moex {
 namespace {
 
-struct MixtralLayer {
+struct GqaFamily {
+  bool qk_norm;              // Qwen3: per-head RMSNorm on q and k before RoPE
+  bool use_sliding_window;   // Mixtral: config.sliding_window (0 = none)
+  bool always_renormalize;   // Mixtral: top-k weights always renormalised
+  const char* moe_prefix;    // "mlp" / "block_sparse_moe"
+  const char* gate;          // expert tensor names
+  const char* up;
+  const char* down;
+};
+
+constexpr GqaFamily kQwen3Moe{true, false, false, "mlp", "gate_proj", "up_proj", "down_proj"};
+constexpr GqaFamily kMixtral{false, true, true, "block_sparse_moe", "w1", "w3", "w2"};
+
+struct GqaLayer {
   Tensor input_norm;      // [hidden]
   Tensor q_proj;          // [q_heads * head_dim, hidden]
   Tensor k_proj;          // [kv_heads * head_dim, hidden]
   Tensor v_proj;          // [kv_heads * head_dim, hidden]
+  Tensor q_norm;          // [head_dim] (qk_norm families only)
+  Tensor k_norm;          // [head_dim] (qk_norm families only)
   Tensor o_proj;          // [hidden, q_heads * head_dim]
   Tensor post_attn_norm;  // [hidden]
+  bool is_moe = true;
   MoeWeights moe;
+  MlpWeights mlp;  // dense layers only
   Tensor k_cache;  // [num_pages, page_size, kv_heads, head_dim]
   Tensor v_cache;  // [num_pages, page_size, kv_heads, head_dim]
 };
 
-class MixtralModel final : public ModelBase {
+class GqaMoeModel final : public ModelBase {
  public:
-  MixtralModel(Backend& backend, const ModelConfig& config) : ModelBase(backend, config) {
+  GqaMoeModel(Backend& backend, const ModelConfig& config, const GqaFamily& family)
+      : ModelBase(backend, config), family_(family) {
     if (config_.head_dim == 0) config_.head_dim = config_.hidden_size / config_.num_attention_heads;
     routing_.scoring = ops::ScoringFunc::kSoftmax;
     routing_.method = ops::TopkMethod::kGreedy;
     routing_.top_k = int(config_.num_experts_per_tok);
-    routing_.norm_topk_prob = true;  // MixtralTopKRouter always renormalises
+    routing_.norm_topk_prob = family_.always_renormalize || config_.norm_topk_prob;
     rope_ = compute_rope_tables(config_.rope, config_.head_dim);
   }
 
@@ -40,7 +63,7 @@ class MixtralModel final : public ModelBase {
   Status allocate_kv_cache(int num_pages, int page_size) override {
     if (num_pages <= 0 || page_size <= 0) return invalid_argument("allocate_kv_cache: pages and page size must be > 0");
     reset_cache(num_pages, page_size);
-    for (MixtralLayer& l : layers_) {
+    for (GqaLayer& l : layers_) {
       MOEX_ASSIGN_OR_RETURN(l.k_cache, make_cache({num_pages, page_size, config_.num_key_value_heads, config_.head_dim}));
       MOEX_ASSIGN_OR_RETURN(l.v_cache, make_cache({num_pages, page_size, config_.num_key_value_heads, config_.head_dim}));
     }
@@ -56,19 +79,31 @@ class MixtralModel final : public ModelBase {
     MOEX_ASSIGN_OR_RETURN(inv_freq_, loader.upload(rope_.inv_freq.data(), DType::kF32, {int64_t(rope_.inv_freq.size())}, false));
     layers_.resize(size_t(config_.num_layers));
     for (int64_t i = 0; i < config_.num_layers; ++i) {
-      MixtralLayer& l = layers_[size_t(i)];
+      GqaLayer& l = layers_[size_t(i)];
       const std::string p = "model.layers." + std::to_string(i) + ".";
       MOEX_ASSIGN_OR_RETURN(l.input_norm, loader.load(p + "input_layernorm.weight", {h}, true));
       MOEX_ASSIGN_OR_RETURN(l.q_proj, loader.load(p + "self_attn.q_proj.weight", {q_dim, h}));
       MOEX_ASSIGN_OR_RETURN(l.k_proj, loader.load(p + "self_attn.k_proj.weight", {kv_dim, h}));
       MOEX_ASSIGN_OR_RETURN(l.v_proj, loader.load(p + "self_attn.v_proj.weight", {kv_dim, h}));
+      if (family_.qk_norm) {
+        MOEX_ASSIGN_OR_RETURN(l.q_norm, loader.load(p + "self_attn.q_norm.weight", {d}, true));
+        MOEX_ASSIGN_OR_RETURN(l.k_norm, loader.load(p + "self_attn.k_norm.weight", {d}, true));
+      }
       MOEX_ASSIGN_OR_RETURN(l.o_proj, loader.load(p + "self_attn.o_proj.weight", {h, q_dim}));
       MOEX_ASSIGN_OR_RETURN(l.post_attn_norm, loader.load(p + "post_attention_layernorm.weight", {h}, true));
-      for (const Tensor* t : {&l.input_norm, &l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.post_attn_norm}) {
-        count(*t, true);
+      for (const Tensor* t : {&l.input_norm, &l.q_proj, &l.k_proj, &l.v_proj, &l.q_norm, &l.k_norm, &l.o_proj,
+                              &l.post_attn_norm}) {
+        count(*t, true);  // count() skips the tensors a family does not have
       }
-      MOEX_ASSIGN_OR_RETURN(l.moe, load_moe(loader, p + "block_sparse_moe", "w1", "w3", "w2"));
-      count_experts(l.moe);
+      l.is_moe = config_.is_moe_layer(i);
+      if (l.is_moe) {
+        MOEX_ASSIGN_OR_RETURN(l.moe, load_moe(loader, p + family_.moe_prefix, family_.gate, family_.up, family_.down));
+        count_experts(l.moe);
+      } else {
+        MOEX_ASSIGN_OR_RETURN(l.mlp, load_mlp(loader, p + "mlp", config_.intermediate_size));
+        count(l.mlp.w13, true);
+        count(l.mlp.w2, true);
+      }
     }
     return Status::ok();
   }
@@ -84,15 +119,21 @@ class MixtralModel final : public ModelBase {
     MOEX_ASSIGN_OR_RETURN(Tensor v, ws.make(act, {n, kv_heads, d}));     // [n, kv_heads, head_dim]
     MOEX_ASSIGN_OR_RETURN(Tensor attn, ws.make(act, {n, q_heads, d}));   // [n, q_heads, head_dim]
     MOEX_ASSIGN_OR_RETURN(Tensor attn_out, ws.make(act, {n, h}));        // [n, hidden]
+    const Tensor q_rows = q.reshape({n * q_heads, d}), k_rows = k.reshape({n * kv_heads, d});
     const float scale = float(1.0 / std::sqrt(double(d)));
+    const int window = family_.use_sliding_window ? int(config_.sliding_window) : 0;
 
-    for (MixtralLayer& l : layers_) {
+    for (GqaLayer& l : layers_) {
       const int64_t li = &l - layers_.data();  // profile: layer index
       // Attention.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.input_norm, .out = x_norm, .eps = eps}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.q_proj, .out = q.reshape({n, q_heads * d})}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.k_proj, .out = k.reshape({n, kv_heads * d})}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.v_proj, .out = v.reshape({n, kv_heads * d})}));
+      if (family_.qk_norm) {
+        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = q_rows, .weight = l.q_norm, .out = q_rows, .eps = eps}));
+        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = k_rows, .weight = l.k_norm, .out = k_rows, .eps = eps}));
+      }
       MOEX_RETURN_IF_ERROR(backend_.rope({.x = q, .positions = step.positions, .inv_freq = inv_freq_,
                                           .attn_scale = rope_.attn_scale, .interleaved = false}));
       MOEX_RETURN_IF_ERROR(backend_.rope({.x = k, .positions = step.positions, .inv_freq = inv_freq_,
@@ -104,31 +145,41 @@ class MixtralModel final : public ModelBase {
                                                  .dst = l.v_cache.reshape({slots, kv_heads * d})}));
       MOEX_RETURN_IF_ERROR(backend_.gqa_attention({.q = q, .k_cache = l.k_cache, .v_cache = l.v_cache,
                                                    .seqs = step.seqs, .out = attn, .scale = scale,
-                                                   .sliding_window = int(config_.sliding_window)}));
+                                                   .sliding_window = window}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = attn.reshape({n, q_heads * d}), .w = l.o_proj, .out = attn_out}));
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = attn_out, .out = hidden}));
       MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kAttention, li));  // profile
 
-      // Feed-forward: routed experts.
+      // Feed-forward: routed experts or a dense MLP.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.post_attn_norm, .out = x_norm, .eps = eps}));
       MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, li));  // profile
-      MOEX_ASSIGN_OR_RETURN(Tensor ffn_out, moe_block(l.moe, x_norm, ws));  // [n, hidden]
+      Tensor ffn_out;  // [n, hidden]
+      if (l.is_moe) {
+        MOEX_ASSIGN_OR_RETURN(ffn_out, moe_block(l.moe, x_norm, ws));
+      } else {
+        MOEX_ASSIGN_OR_RETURN(ffn_out, mlp_block(l.mlp, x_norm, ws));
+      }
       MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = ffn_out, .out = hidden}));
-      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kMoe, li));  // profile
+      MOEX_RETURN_IF_ERROR(lap(l.is_moe ? ProfileRegion::kMoe : ProfileRegion::kOther, li));  // profile
     }
     return Status::ok();
   }
 
  private:
+  GqaFamily family_;
   RopeTables rope_;
   Tensor inv_freq_;  // [head_dim / 2] f32
-  std::vector<MixtralLayer> layers_;
+  std::vector<GqaLayer> layers_;
 };
 
 }  // namespace
 
+std::unique_ptr<ModelBase> make_qwen3_moe_model(Backend& backend, const ModelConfig& config) {
+  return std::make_unique<GqaMoeModel>(backend, config, kQwen3Moe);
+}
+
 std::unique_ptr<ModelBase> make_mixtral_model(Backend& backend, const ModelConfig& config) {
-  return std::make_unique<MixtralModel>(backend, config);
+  return std::make_unique<GqaMoeModel>(backend, config, kMixtral);
 }
 
 }  // namespace moex
