@@ -5,29 +5,25 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "core/random.h"
 #include "core/status.h"
 #include "core/tensor.h"
 
 namespace moex::bench {
 
-// splitmix64: small, fast, and good enough for test data; the same seed gives the same data
-// on every machine.
+// SplitMix64 (core/random.h) with the draws benchmark inputs need; the same seed gives the same
+// data on every machine.
 class Rng {
  public:
-  explicit Rng(uint64_t seed) : s_(seed) {}
-  uint64_t next() {
-    uint64_t z = (s_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
+  explicit Rng(uint64_t seed) : g_(seed) {}
+  uint64_t next() { return g_.next(); }
+  double uniform() { return g_.uniform(); }  // [0, 1)
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
   int64_t below(int64_t n) { return int64_t(next() % uint64_t(n)); }  // [0, n)
   double normal();  // standard normal (Box-Muller)
 
  private:
-  uint64_t s_;
+  SplitMix64 g_;
 };
 
 // An owning host array with a contiguous Tensor view of it. Move-only: the view points into

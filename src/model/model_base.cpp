@@ -7,24 +7,14 @@
 #include <functional>
 #include <thread>
 
+#include "core/random.h"
+
 namespace moex {
 namespace {
 double steady_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
 
 // Runs fn(begin, end) over [0, n) split into contiguous chunks on up to hardware_concurrency
 // threads; small ranges stay on the calling thread (thread start costs ~tens of us).
@@ -132,7 +122,7 @@ Status WeightLoader::read_host(const std::string& name, const std::vector<int64_
       for (int64_t i = begin; i < end; ++i) {
         float v = 1.0f;
         if (!is_norm) {
-          const double u = double(splitmix64(base + uint64_t(i)) >> 11) * (1.0 / 9007199254740992.0);
+          const double u = unit_double(splitmix64(base + uint64_t(i)));
           v = float((2.0 * u - 1.0) * half_width);
         }
         store_from_f32(dst, dt, size_t(i), v);

@@ -14,16 +14,9 @@ int32_t argmax(const float* logits, int64_t vocab) {
   return int32_t(best);
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), state_(params.seed ^ 0x9e3779b97f4a7c15ull) {}
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed ^ 0x9e3779b97f4a7c15ull) {}
 
-double Sampler::next_uniform() {
-  // SplitMix64 (public-domain algorithm by Sebastiano Vigna).
-  uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return double(z >> 11) * (1.0 / 9007199254740992.0);  // 53 random bits
-}
+double Sampler::next_uniform() { return rng_.uniform(); }
 
 int32_t Sampler::sample(const float* logits, int64_t vocab) {
   if (params_.temperature <= 0.f) return argmax(logits, vocab);

@@ -1,9 +1,11 @@
 // Token sampling on the host: greedy, or seeded temperature / top-k / top-p (applied in that
-// order, as HF generate does). The random stream is our own (SplitMix64), so a seed gives the
-// same tokens on every platform and standard library.
+// order, as HF generate does). The random stream is our own (SplitMix64, core/random.h), so a
+// seed gives the same tokens on every platform and standard library.
 #pragma once
 #include <cstdint>
 #include <vector>
+
+#include "core/random.h"
 
 namespace moex {
 
@@ -23,7 +25,7 @@ class Sampler {
 
  private:
   SamplingParams params_;
-  uint64_t state_;
+  SplitMix64 rng_;
   std::vector<int32_t> order_;   // scratch: candidate ids
   std::vector<double> probs_;    // scratch
 };

@@ -9,24 +9,20 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "core/random.h"
 
 namespace moex::test {
 
-// Fast deterministic generator (splitmix64); a new seed per case.
+// Fast deterministic generator (SplitMix64, core/random.h); a new seed per case.
 class Rng {
  public:
-  explicit Rng(uint64_t seed) : s_(seed) {}
-  uint64_t next() {
-    uint64_t z = (s_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
+  explicit Rng(uint64_t seed) : g_(seed) {}
+  uint64_t next() { return g_.next(); }
   float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) * (1.f / 16777216.f); }
   int uniform_int(int lo, int hi) { return lo + int(next() % uint64_t(hi - lo + 1)); }  // [lo, hi]
 
  private:
-  uint64_t s_;
+  SplitMix64 g_;
 };
 uint64_t fresh_seed();  // differs per call and per run; printed by the tests on failure
 
