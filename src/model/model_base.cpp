@@ -456,6 +456,22 @@ Expected<Tensor> ModelBase::mlp_block(const MlpWeights& w, const Tensor& x, Work
   return down;
 }
 
+Status ModelBase::ffn_residual(const Tensor& post_attn_norm, bool is_moe, const MoeWeights& moe,
+                               const MlpWeights& mlp, const Tensor& hidden, const Tensor& x_norm, Workspace& ws,
+                               int64_t layer) {
+  const float eps = float(config_.rms_norm_eps);
+  MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = post_attn_norm, .out = x_norm, .eps = eps}));
+  MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, layer));  // profile
+  Tensor ffn_out;  // [n, hidden]
+  if (is_moe) {
+    MOEX_ASSIGN_OR_RETURN(ffn_out, moe_block(moe, x_norm, ws));
+  } else {
+    MOEX_ASSIGN_OR_RETURN(ffn_out, mlp_block(mlp, x_norm, ws));
+  }
+  MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = ffn_out, .out = hidden}));
+  return lap(is_moe ? ProfileRegion::kMoe : ProfileRegion::kOther, layer);  // profile
+}
+
 Expected<Tensor> ModelBase::moe_block(const MoeWeights& w, const Tensor& x, Workspace& ws) {
   const DType act = backend_.activation_dtype();
   const int64_t n = x.size(0), h = config_.hidden_size, e_count = w.router.size(0);

@@ -114,6 +114,10 @@ class ModelBase : public Model {
   Expected<Tensor> mlp_block(const MlpWeights& w, const Tensor& x, Workspace& ws);
   // Router (f32 logits) -> route -> fused_moe, plus the shared experts when present.
   Expected<Tensor> moe_block(const MoeWeights& w, const Tensor& x, Workspace& ws);
+  // The feed-forward half of a layer: hidden += ffn(rms_norm(hidden, post_attn_norm)), where ffn
+  // is moe_block (is_moe) or mlp_block; x_norm [n, hidden] is scratch. Profiled per layer.
+  Status ffn_residual(const Tensor& post_attn_norm, bool is_moe, const MoeWeights& moe, const MlpWeights& mlp,
+                      const Tensor& hidden, const Tensor& x_norm, Workspace& ws, int64_t layer);
   Expected<MlpWeights> load_mlp(WeightLoader& loader, const std::string& prefix, int64_t inter);
   // Routed experts `<prefix>.experts.E.{gate,up,down}<suffix>`, packed into w13 / w2.
   Expected<MoeWeights> load_moe(WeightLoader& loader, const std::string& prefix, const std::string& gate_name,

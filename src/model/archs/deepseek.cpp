@@ -212,16 +212,7 @@ class DeepseekModel final : public ModelBase {
       MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kAttention, li));  // profile
 
       // Feed-forward: routed + shared experts, or a dense MLP in the first layers.
-      MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.post_attn_norm, .out = x_norm, .eps = eps}));
-      MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, li));  // profile
-      Tensor ffn_out;  // [n, hidden]
-      if (l.is_moe) {
-        MOEX_ASSIGN_OR_RETURN(ffn_out, moe_block(l.moe, x_norm, ws));
-      } else {
-        MOEX_ASSIGN_OR_RETURN(ffn_out, mlp_block(l.mlp, x_norm, ws));
-      }
-      MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = ffn_out, .out = hidden}));
-      MOEX_RETURN_IF_ERROR(lap(l.is_moe ? ProfileRegion::kMoe : ProfileRegion::kOther, li));  // profile
+      MOEX_RETURN_IF_ERROR(ffn_residual(l.post_attn_norm, l.is_moe, l.moe, l.mlp, hidden, x_norm, ws, li));
     }
     return Status::ok();
   }
