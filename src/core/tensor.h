@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <iterator>
 #include <string>
 
 #include "core/dtype.h"
@@ -22,18 +23,27 @@ struct Tensor {
   int64_t shape[kMaxDims] = {};
   int64_t stride[kMaxDims] = {};
 
-  // A contiguous (row-major) view.
+  // A contiguous (row-major) view; shape from a list or any container of int64_t.
   static Tensor make(void* data, DType dtype, std::initializer_list<int64_t> shape,
                      DeviceType device = DeviceType::kCpu) {
+    return make_from(data, dtype, shape.begin(), shape.size(), device);
+  }
+  template <class Shape>
+  static Tensor make(void* data, DType dtype, const Shape& shape, DeviceType device = DeviceType::kCpu) {
+    return make_from(data, dtype, std::data(shape), std::size(shape), device);
+  }
+  static Tensor make_from(void* data, DType dtype, const int64_t* shape, size_t ndim, DeviceType device) {
     Tensor t;
     t.data = data;
     t.dtype = dtype;
     t.device = device;
-    t.ndim = int(shape.size());
-    int i = 0;
-    for (int64_t s : shape) t.shape[i++] = s;
+    t.ndim = int(ndim);
     int64_t st = 1;
-    for (int d = t.ndim - 1; d >= 0; --d) { t.stride[d] = st; st *= t.shape[d]; }
+    for (int d = t.ndim - 1; d >= 0; --d) {
+      t.shape[d] = shape[d];
+      t.stride[d] = st;
+      st *= shape[d];
+    }
     return t;
   }
 

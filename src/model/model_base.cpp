@@ -43,21 +43,6 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
   return n;
 }
 
-Tensor make_tensor(void* data, DType dtype, const std::vector<int64_t>& shape, DeviceType device) {
-  Tensor t;
-  t.data = data;
-  t.dtype = dtype;
-  t.device = device;
-  t.ndim = int(shape.size());
-  int64_t st = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    t.shape[d] = shape[size_t(d)];
-    t.stride[d] = st;
-    st *= shape[size_t(d)];
-  }
-  return t;
-}
-
 }  // namespace
 
 Tensor with_device(Tensor t, DeviceType device) {
@@ -150,7 +135,7 @@ Expected<Tensor> WeightLoader::upload(const void* host, DType dtype, std::vector
   const size_t bytes = size_t(numel_of(shape)) * dtype_size(dtype);
   MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
   MOEX_RETURN_IF_ERROR(backend_.copy_from_host(buf.data(), host, bytes));
-  Tensor t = make_tensor(buf.data(), dtype, shape, backend_.device());
+  Tensor t = Tensor::make(buf.data(), dtype, shape, backend_.device());
   if (is_weight) stored_bytes_ += int64_t(bytes);
   buffers_.push_back(std::move(buf));
   return t;
@@ -212,7 +197,7 @@ Expected<Tensor> WeightLoader::load_stacked(const std::vector<std::string>& name
   }
   std::vector<int64_t> shape = part_shape;
   shape[0] *= int64_t(names.size());
-  Tensor t = make_tensor(buf.data(), dtype, shape, backend_.device());
+  Tensor t = Tensor::make(buf.data(), dtype, shape, backend_.device());
   stored_bytes_ += int64_t(part_bytes * names.size());
   buffers_.push_back(std::move(buf));
   return t;
@@ -225,7 +210,7 @@ Expected<Tensor> Workspace::make(DType dtype, std::initializer_list<int64_t> sha
   std::vector<int64_t> s(shape);
   const size_t bytes = std::max<size_t>(1, size_t(numel_of(s)) * dtype_size(dtype));
   MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
-  Tensor t = make_tensor(buf.data(), dtype, s, backend_.device());
+  Tensor t = Tensor::make(buf.data(), dtype, s, backend_.device());
   buffers_.push_back(std::move(buf));
   return t;
 }
@@ -313,7 +298,7 @@ Expected<Tensor> ModelBase::make_cache(std::initializer_list<int64_t> shape) {
   // Zeros, so that a bug reading an unwritten slot gives wrong numbers, never NaN/garbage noise
   // that differs run to run.
   MOEX_RETURN_IF_ERROR(backend_.fill(buf.data(), 0, bytes));
-  Tensor t = make_tensor(buf.data(), act, s, backend_.device());
+  Tensor t = Tensor::make(buf.data(), act, s, backend_.device());
   cache_buffers_.push_back(std::move(buf));
   return t;
 }

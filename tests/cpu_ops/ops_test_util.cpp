@@ -13,15 +13,7 @@ HostTensor::HostTensor(DType dtype, const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   bytes.assign(size_t(n) * dtype_size(dtype) + 64, 0);
-  t.data = bytes.data();
-  t.dtype = dtype;
-  t.ndim = int(shape.size());
-  int64_t st = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    t.shape[d] = shape[size_t(d)];
-    t.stride[d] = st;
-    st *= shape[size_t(d)];
-  }
+  t = Tensor::make(bytes.data(), dtype, shape);
 }
 
 double HostTensor::get(int64_t i) const {

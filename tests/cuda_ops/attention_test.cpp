@@ -90,12 +90,6 @@ DevicePaged upload(Backend& gpu, const PagedScenario& s) {
   return d;
 }
 
-ops::PagedSeqs seqs_of(const Tensor& bt, const Tensor& lens, const Tensor& starts, int page_size) {
-  ops::PagedSeqs p;
-  p.block_table = bt; p.seq_lens = lens; p.query_start = starts; p.page_size = page_size;
-  return p;
-}
-
 class AttentionTest : public CudaOpsTest {
  protected:
   void check_gqa(const char* name, const std::vector<Seq>& seqs, int heads, int kv_heads, int dk, int dv, int page_size,

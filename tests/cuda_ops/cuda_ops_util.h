@@ -71,4 +71,14 @@ class CudaOpsTest : public ::testing::Test {
     ASSERT_TRUE(moex_st_.is_ok()) << moex_st_.message();       \
   } while (0)
 
+// The paged-sequence descriptor of an attention op from its three device tensors.
+inline ops::PagedSeqs seqs_of(const Tensor& bt, const Tensor& lens, const Tensor& starts, int page_size) {
+  ops::PagedSeqs p;
+  p.block_table = bt;
+  p.seq_lens = lens;
+  p.query_start = starts;
+  p.page_size = page_size;
+  return p;
+}
+
 }  // namespace moex::test

@@ -64,12 +64,6 @@ Paged make_paged(Rng& rng, const std::vector<Seq>& seqs, int page_size, int64_t 
   return s;
 }
 
-ops::PagedSeqs seqs_of(const Tensor& bt, const Tensor& lens, const Tensor& starts, int page_size) {
-  ops::PagedSeqs p;
-  p.block_table = bt; p.seq_lens = lens; p.query_start = starts; p.page_size = page_size;
-  return p;
-}
-
 class MlaDecodeTcTest : public CudaOpsTest {
  protected:
   void check(const std::string& name, const std::vector<Seq>& seqs, int heads, int page_size, int64_t extra_cols = 1) {
