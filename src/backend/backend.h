@@ -13,8 +13,10 @@
 #include "ops/fused_moe.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
+#include "ops/nsa.h"
 #include "ops/rope.h"
 #include "ops/routing.h"
+#include "ops/sampling.h"
 
 namespace moex {
 
@@ -69,6 +71,9 @@ class Backend {
   virtual Status cache_write(const ops::CacheWriteParams& p) = 0;
   virtual Status gqa_attention(const ops::GqaAttentionParams& p) = 0;
   virtual Status mla_attention(const ops::MlaAttentionParams& p) = 0;
+  virtual Status nsa_forward(const ops::NsaForwardParams& p) = 0;
+  virtual Status nsa_decode(const ops::NsaDecodeParams& p) = 0;
+  virtual Status sample(const ops::SampleParams& p) = 0;
 };
 
 // The CPU reference backend (always available). activation_dtype kBF16 keeps hidden states in

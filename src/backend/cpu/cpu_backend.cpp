@@ -76,6 +76,13 @@ class CpuBackend final : public Backend {
   Status mla_attention(const ops::MlaAttentionParams& p) override {
     return guarded("mla_attention", [&] { return cpu::mla_attention(ctx_, p); });
   }
+  Status nsa_forward(const ops::NsaForwardParams& p) override {
+    return guarded("nsa_forward", [&] { return cpu::nsa_forward(ctx_, p); });
+  }
+  Status nsa_decode(const ops::NsaDecodeParams& p) override {
+    return guarded("nsa_decode", [&] { return cpu::nsa_decode(ctx_, p); });
+  }
+  Status sample(const ops::SampleParams& p) override { return guarded("sample", [&] { return cpu::sample(ctx_, p); }); }
 
  private:
   static Status copy_bytes(void* dst, const void* src, size_t bytes) {

@@ -8,8 +8,10 @@
 #include "ops/fused_moe.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
+#include "ops/nsa.h"
 #include "ops/rope.h"
 #include "ops/routing.h"
+#include "ops/sampling.h"
 
 namespace moex::cpu {
 
@@ -25,5 +27,8 @@ Status fused_moe(const Ctx& ctx, const ops::FusedMoeParams& p);
 Status cache_write(const Ctx& ctx, const ops::CacheWriteParams& p);
 Status gqa_attention(const Ctx& ctx, const ops::GqaAttentionParams& p);
 Status mla_attention(const Ctx& ctx, const ops::MlaAttentionParams& p);
+Status nsa_forward(const Ctx& ctx, const ops::NsaForwardParams& p);  // nsa.cpp
+Status nsa_decode(const Ctx& ctx, const ops::NsaDecodeParams& p);    // nsa.cpp
+Status sample(const Ctx& ctx, const ops::SampleParams& p);           // sampling.cpp
 
 }  // namespace moex::cpu

@@ -40,6 +40,9 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   Status cache_write(const ops::CacheWriteParams& p) override;
   Status gqa_attention(const ops::GqaAttentionParams& p) override;
   Status mla_attention(const ops::MlaAttentionParams& p) override;
+  Status nsa_forward(const ops::NsaForwardParams& p) override;  // cuda_nsa.cpp
+  Status nsa_decode(const ops::NsaDecodeParams& p) override;    // cuda_nsa.cpp
+  Status sample(const ops::SampleParams& p) override;           // cuda_sampling.cpp
 
  private:
   CudaBackend(int device, cudaStream_t stream, std::string name)
