@@ -3,6 +3,7 @@
 // allocation and sampling; it describes each step with a ForwardBatch.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +73,14 @@ class Model {
   virtual int page_size() const = 0;
   // Runs one step and returns fp32 logits [batch.logits_rows.size(), vocab] on the host.
   virtual Status forward(const ForwardBatch& batch, std::vector<float>* logits) = 0;
+  // Runs one step like forward() but hands the fp32 logits [batch.logits_rows.size(), vocab],
+  // still on the backend, to `consume` (e.g. a device sampler that copies back only ids) before
+  // the step's scratch is freed. Not called when there are no logits rows.
+  using LogitsConsumer = std::function<Status(const Tensor& logits)>;
+  virtual Status forward_consume(const ForwardBatch& batch, const LogitsConsumer& consume) {
+    (void)batch, (void)consume;
+    return unsupported("Model::forward_consume: not implemented by this model");
+  }
   // Turning profiling on clears the accumulated profile; off leaves it readable. Off costs one
   // branch per region boundary and changes no results.
   virtual void set_profiling(bool on) { (void)on; }

@@ -360,6 +360,14 @@ Status ModelBase::upload_step(const ForwardBatch& b, Workspace& ws, StepInputs* 
 }
 
 Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits) {
+  logits->clear();
+  return forward_consume(batch, [&](const Tensor& out) -> Status {  // out [rows, vocab] f32
+    logits->resize(size_t(out.numel()));
+    return backend_.copy_to_host(logits->data(), out.data, logits->size() * sizeof(float));
+  });
+}
+
+Status ModelBase::forward_consume(const ForwardBatch& batch, const LogitsConsumer& consume) {
   if (!kv_cache_ready()) return invalid_argument("Model::forward: call allocate_kv_cache first");
   if (profiling_) {  // profile: start the clock with no earlier work in flight
     MOEX_RETURN_IF_ERROR(backend_.synchronize());
@@ -378,7 +386,6 @@ Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits)
   MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, -1));  // profile
   MOEX_RETURN_IF_ERROR(run_layers(step, ws, hidden));
 
-  logits->clear();
   if (rows == 0) {
     MOEX_RETURN_IF_ERROR(backend_.synchronize());
     return lap(ProfileRegion::kOther, -1);  // profile
@@ -390,8 +397,7 @@ Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits)
       {.x = picked, .weight = final_norm_, .out = picked, .eps = float(config_.rms_norm_eps)}));
   MOEX_ASSIGN_OR_RETURN(Tensor out, ws.make(DType::kF32, {rows, v}));  // [rows, vocab] f32
   MOEX_RETURN_IF_ERROR(backend_.matmul({.x = picked, .w = lm_head_, .out = out}));
-  logits->resize(size_t(rows * v));
-  MOEX_RETURN_IF_ERROR(backend_.copy_to_host(logits->data(), out.data, logits->size() * sizeof(float)));
+  MOEX_RETURN_IF_ERROR(consume(out));
   MOEX_RETURN_IF_ERROR(backend_.synchronize());
   return lap(ProfileRegion::kOther, -1);  // profile
 }

@@ -100,6 +100,7 @@ class ModelBase : public Model {
   ParamCounts param_counts() const override { return counts_; }
   int page_size() const override { return page_size_; }
   Status forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+  Status forward_consume(const ForwardBatch& batch, const LogitsConsumer& consume) override;
   void set_profiling(bool on) override;
   ModelProfile profile() const override { return profile_; }
 

@@ -15,8 +15,13 @@ struct SampleParams {
   Tensor temperature;  // [B] f32; <= 0 = greedy
   Tensor top_k;        // [B] i32; 0 = off
   Tensor top_p;        // [B] f32; >= 1 = off
-  Tensor uniform;      // [B] f32 in [0, 1): this step's random draw per row (unused when greedy)
+  Tensor uniform;      // [B] f32 in [0, 1): this step's random draw per row (unused when greedy),
+                       // or [B] i64: raw 64-bit SplitMix64 outputs, mapped to [0, 1) by
+                       // unit_double (core/random.h) exactly as the host Sampler maps its draw
   Tensor out_ids;      // [B] i32
 };
+// Invalid row values (NaN temperature, top_k < 0, top_p <= 0 or NaN, a sampled row's f32
+// uniform outside [0, 1)): the CPU backend returns invalid_argument naming the row; a device
+// backend cannot read them without a host sync, so it writes id -1 for that row instead.
 
 }  // namespace moex::ops

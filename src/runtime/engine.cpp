@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 namespace moex {
@@ -86,6 +87,67 @@ Status Engine::step(const std::vector<Sequence*>& seqs, std::vector<float>* last
   return Status::ok();
 }
 
+Status Engine::step_sample(const std::vector<Sequence*>& seqs, const std::vector<Sampler*>& samplers,
+                           std::vector<int32_t>* next) {
+  if (samplers.size() != seqs.size()) return invalid_argument("engine step_sample: one sampler per sequence is needed");
+  for (const Sampler* s : samplers) MOEX_RETURN_IF_ERROR(validate(s->params()));
+  next->clear();
+  if (backend_->device() == DeviceType::kCpu) {
+    std::vector<float> logits;  // [seqs, vocab]
+    MOEX_RETURN_IF_ERROR(step(seqs, &logits));
+    const int64_t vocab = model_->config().vocab_size;
+    for (size_t i = 0; i < seqs.size(); ++i) next->push_back(samplers[i]->sample(logits.data() + i * size_t(vocab), vocab));
+    return Status::ok();
+  }
+  ForwardBatch batch;
+  MOEX_RETURN_IF_ERROR(build_batch(seqs, /*all_logits=*/false, &batch));
+  MOEX_RETURN_IF_ERROR(model_->forward_consume(
+      batch, [&](const Tensor& logits) { return sample_on_device(logits, samplers, next); }));
+  for (Sequence* seq : seqs) seq->cached = int64_t(seq->tokens.size());
+  return Status::ok();
+}
+
+Status Engine::sample_on_device(const Tensor& logits, const std::vector<Sampler*>& samplers,
+                                std::vector<int32_t>* next) {
+  const int64_t rows = logits.shape[0];
+  if (rows != int64_t(samplers.size())) return internal_error("engine sample_on_device: logits rows != samplers");
+  // One upload of the per-row parameters: [rows] i64 draws, f32 temperature, i32 top_k, f32 top_p.
+  const size_t n = size_t(rows);
+  std::vector<uint64_t> draws(n, 0);
+  std::vector<float> temperature(n), top_p(n);
+  std::vector<int32_t> top_k(n);
+  for (int64_t b = 0; b < rows; ++b) {
+    Sampler& s = *samplers[size_t(b)];
+    temperature[size_t(b)] = s.params().temperature;
+    top_k[size_t(b)] = s.params().top_k;
+    top_p[size_t(b)] = s.params().top_p;
+    if (!s.greedy()) draws[size_t(b)] = s.next_draw();  // the draw Sampler::sample would take
+  }
+  std::vector<uint8_t> host(n * 24);
+  std::memcpy(host.data(), draws.data(), n * 8);
+  std::memcpy(host.data() + n * 8, temperature.data(), n * 4);
+  std::memcpy(host.data() + n * 12, top_k.data(), n * 4);
+  std::memcpy(host.data() + n * 16, top_p.data(), n * 4);
+  MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_->alloc(host.size()));  // the params, then [rows] i32 ids
+  MOEX_RETURN_IF_ERROR(backend_->copy_from_host(buf.data(), host.data(), n * 20));
+  char* base = static_cast<char*>(buf.data());
+  const DeviceType dev = backend_->device();
+  ops::SampleParams p;
+  p.logits = logits;
+  p.uniform = Tensor::make(base, DType::kI64, {rows}, dev);
+  p.temperature = Tensor::make(base + n * 8, DType::kF32, {rows}, dev);
+  p.top_k = Tensor::make(base + n * 12, DType::kI32, {rows}, dev);
+  p.top_p = Tensor::make(base + n * 16, DType::kF32, {rows}, dev);
+  p.out_ids = Tensor::make(base + n * 20, DType::kI32, {rows}, dev);
+  MOEX_RETURN_IF_ERROR(backend_->sample(p));
+  next->resize(n);
+  MOEX_RETURN_IF_ERROR(backend_->copy_to_host(next->data(), p.out_ids.data, n * sizeof(int32_t)));
+  for (int64_t b = 0; b < rows; ++b) {
+    if ((*next)[size_t(b)] < 0) return internal_error("engine: the device sampler rejected row " + std::to_string(b));
+  }
+  return Status::ok();
+}
+
 Status Engine::step_all_logits(Sequence* seq, std::vector<float>* logits) {
   ForwardBatch batch;
   MOEX_RETURN_IF_ERROR(build_batch({seq}, /*all_logits=*/true, &batch));
@@ -101,36 +163,43 @@ Expected<GenerateStats> Engine::generate(const std::vector<int32_t>& prompt, con
   for (int32_t id : prompt) {
     if (id < 0 || id >= vocab) return invalid_argument("generate: prompt token id " + std::to_string(id) + " outside the vocabulary");
   }
+  MOEX_RETURN_IF_ERROR(validate(options.sampling));
   GenerateStats stats;
   stats.prompt_tokens = int64_t(prompt.size());
   Sampler sampler(options.sampling);
   Sequence seq;
   std::vector<float> logits;
+  std::vector<int32_t> next;  // [1] the sampled id of each step
   Status status;
 
-  // Prefill, optionally in chunks: only the last chunk's logits matter.
+  // Prefill, optionally in chunks: only the last chunk is sampled.
   auto t0 = std::chrono::steady_clock::now();
   const int64_t chunk = options_.max_prefill_chunk > 0 ? options_.max_prefill_chunk : int64_t(prompt.size());
   for (int64_t begin = 0; begin < int64_t(prompt.size()) && status.is_ok(); begin += chunk) {
     const int64_t end = std::min<int64_t>(int64_t(prompt.size()), begin + chunk);
     seq.tokens.insert(seq.tokens.end(), prompt.begin() + begin, prompt.begin() + end);
-    status = step({&seq}, &logits);
+    status = end == int64_t(prompt.size()) ? step_sample({&seq}, {&sampler}, &next) : step({&seq}, &logits);
   }
   stats.prefill_seconds = seconds_since(t0);
 
+  // Each decode step includes sampling its token (on the device for GPU backends).
   auto t1 = std::chrono::steady_clock::now();
   while (status.is_ok() && stats.generated_tokens < options.max_new_tokens) {
-    const int32_t next = sampler.sample(logits.data(), vocab);
+    if (next.size() != 1) {
+      status = internal_error("generate: the sampler returned no token");
+      break;
+    }
+    const int32_t id = next[0];
     ++stats.generated_tokens;
-    if (on_token) on_token(next);
-    if (options.stop_at_eos && std::find(eos_ids_.begin(), eos_ids_.end(), next) != eos_ids_.end()) {
+    if (on_token) on_token(id);
+    if (options.stop_at_eos && std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end()) {
       stats.stopped_at_eos = true;
       break;
     }
     if (stats.generated_tokens == options.max_new_tokens) break;
-    seq.tokens.push_back(next);
+    seq.tokens.push_back(id);
     const auto ts = std::chrono::steady_clock::now();
-    status = step({&seq}, &logits);
+    status = step_sample({&seq}, {&sampler}, &next);
     stats.step_seconds.push_back(seconds_since(ts));
   }
   stats.decode_seconds = seconds_since(t1);

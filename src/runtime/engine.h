@@ -63,6 +63,13 @@ class Engine {
   // Runs the tokens of each sequence that are not cached yet (prefill or decode, mixed) and
   // returns fp32 logits of each sequence's last token, [seqs.size(), vocab] row-major.
   Status step(const std::vector<Sequence*>& seqs, std::vector<float>* last_logits);
+  // Runs one step like step() and samples each sequence's next token with its sampler
+  // (samplers[i] for seqs[i]): on the device when the backend is not the CPU (one
+  // Backend::sample over all rows, B ids copied back instead of B x vocab logits), else on the
+  // host from the fp32 logits. Either way a non-greedy row takes exactly one draw from its
+  // sampler's stream, so a seed gives the same tokens on both up to boundary rounding.
+  Status step_sample(const std::vector<Sequence*>& seqs, const std::vector<Sampler*>& samplers,
+                     std::vector<int32_t>* next);
   // Runs `seq`'s uncached tokens and returns logits of every one of them, [new_tokens, vocab].
   Status step_all_logits(Sequence* seq, std::vector<float>* logits);
   void release(Sequence* seq) { pages_->release(&seq->pages); seq->cached = 0; }
@@ -78,6 +85,8 @@ class Engine {
  private:
   Engine() = default;
   Status build_batch(const std::vector<Sequence*>& seqs, bool all_logits, ForwardBatch* batch);
+  // The device half of step_sample: samples the [rows, vocab] logits on the backend.
+  Status sample_on_device(const Tensor& logits, const std::vector<Sampler*>& samplers, std::vector<int32_t>* next);
 
   EngineOptions options_;
   std::unique_ptr<Backend> backend_;

@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/cpu/sampling.h"
 #include "core/random.h"
+#include "core/status.h"
 
 namespace moex {
 
@@ -19,16 +21,24 @@ struct SamplingParams {
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // logits: [vocab] fp32
+  // logits: [vocab] fp32. Takes one draw from the stream unless greedy.
   int32_t sample(const float* logits, int64_t vocab);
-  double next_uniform();  // in [0, 1)
+  double next_uniform();  // in [0, 1): unit_double(next_draw())
+  // The raw 64-bit draw sample() would take next; a device sampler is handed these bits
+  // (ops::SampleParams::uniform as i64) so it sees exactly this stream's uniform.
+  uint64_t next_draw() { return rng_.next(); }
+  bool greedy() const { return params_.temperature <= 0.f; }
+  const SamplingParams& params() const { return params_; }
 
  private:
   SamplingParams params_;
   SplitMix64 rng_;
-  std::vector<int32_t> order_;   // scratch: candidate ids
-  std::vector<double> probs_;    // scratch
+  cpu::SampleRowScratch scratch_;
 };
+
+// "sampling: <field> ..." when a parameter is outside its domain (NaN temperature, top_k < 0,
+// top_p <= 0 or NaN).
+Status validate(const SamplingParams& params);
 
 int32_t argmax(const float* logits, int64_t vocab);
 
