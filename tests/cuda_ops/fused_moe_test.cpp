@@ -1,6 +1,8 @@
 // CUDA vs CPU fused MoE over real model shapes (few tokens where big), expert maps, odd sizes,
-// and batch invariance: a token's output bits do not depend on the other tokens.
+// many rows per expert (the pipelined GEMM tiles), and batch invariance: a token's output bits
+// depend neither on the other tokens nor on the GEMM tile chosen (MOEX_GEMM_TILE).
 #include <cmath>
+#include <cstdlib>
 
 #include "cuda_ops/cuda_ops_util.h"
 
@@ -112,6 +114,53 @@ TEST_F(FusedMoeTest, OddSizesUnalignedRows) {
   const MoeShape s{"odd", 10, 3, 203, 97, 10};
   const MoeWeights w = make_weights(s);
   for (const int64_t n : {1, 37, 129}) check(s, w, n);
+}
+
+// Hundreds of rows per expert: the pipelined tiles (64 / 128 rows, 128 / 256 columns), with an
+// intermediate size off every column block and an expert map, under each forced tile.
+TEST_F(FusedMoeTest, ManyRowsPerExpertPipelinedTiles) {
+  const MoeShape all_local{"8 experts, many rows", 8, 2, 1024, 352, 8};
+  const MoeShape mapped{"16 experts, 6 local", 16, 2, 512, 200, 6};
+  const MoeWeights w1 = make_weights(all_local), w2 = make_weights(mapped);
+  for (const char* tile : {"wide", "square", "short", static_cast<const char*>(nullptr)}) {
+    SCOPED_TRACE(std::string("tile ") + (tile ? tile : "auto"));
+    if (tile != nullptr) setenv("MOEX_GEMM_TILE", tile, 1);
+    check(all_local, w1, 700);
+    check(mapped, w2, 900);
+    unsetenv("MOEX_GEMM_TILE");
+  }
+}
+
+TEST_F(FusedMoeTest, TokenBitsDoNotDependOnTile) {
+  const MoeShape s{"8 experts, many rows", 8, 2, 1024, 352, 8};
+  const MoeWeights w = make_weights(s);
+  const int64_t n = 600;
+  HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
+  HostTensor ids = make_ids(s, w, n);
+  HostTensor wts = host_random(DType::kF32, {n, s.top_k}, rng_, 0.05f, 1.f);
+  DeviceTensor dx = to_device(*gpu_, x), dids = to_device(*gpu_, ids), dwts = to_device(*gpu_, wts);
+  unsetenv("MOEX_GEMM_TILE");
+  DeviceTensor dall = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
+  MOEX_ASSERT_OK(gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, dall.t, false)));
+  HostTensor all = to_host(*gpu_, dall);
+  for (const char* tile : {"wide", "square", "short"}) {
+    setenv("MOEX_GEMM_TILE", tile, 1);
+    DeviceTensor d = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
+    const Status st = gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, d.t, false));
+    unsetenv("MOEX_GEMM_TILE");
+    MOEX_ASSERT_OK(st);
+    HostTensor got = to_host(*gpu_, d);
+    for (int64_t r = 0; r < n; ++r) ASSERT_TRUE(rows_bit_equal(got, r, all, r)) << "token " << r << " tile " << tile;
+  }
+  for (const int64_t batch : {1, 50, 200, 300}) {  // 16-row WMMA, 64-row and 128-row tiles by count
+    const int64_t t0 = rng_.uniform_int(0, int(n - batch));
+    DeviceTensor dpart = device_poisoned(*gpu_, DType::kBF16, {batch, s.hidden});
+    MOEX_ASSERT_OK(gpu_->fused_moe(params(dx.t.slice(0, t0, t0 + batch), dids.t.slice(0, t0, t0 + batch),
+                                          dwts.t.slice(0, t0, t0 + batch), w.d_w13.t, w.d_w2.t, w.d_map.t, dpart.t, false)));
+    HostTensor part = to_host(*gpu_, dpart);
+    for (int64_t r = 0; r < batch; ++r)
+      ASSERT_TRUE(rows_bit_equal(part, r, all, t0 + r)) << "token " << t0 + r << " in a batch of " << batch;
+  }
 }
 
 TEST_F(FusedMoeTest, TokenBitsDoNotDependOnBatch) {

@@ -1,5 +1,8 @@
 // CUDA vs CPU: dense and batched matmul (bf16 tensor-core path, f32 fallback, f32 router
-// logits, strided views, accumulate), and batch-invariance of a row's bits.
+// logits, strided views, accumulate), and batch-invariance of a row's bits across every tile
+// configuration (WMMA tiles and the pipelined tiles forced through MOEX_GEMM_TILE).
+#include <cstdlib>
+
 #include "cuda_ops/cuda_ops_util.h"
 
 namespace moex::test {
@@ -7,6 +10,19 @@ namespace {
 
 constexpr double kTolBf16 = 5e-3;
 constexpr double kTolF32 = 1e-5;
+
+// Forces one pipelined tile (kernels/gemm/gemm.h) for the scope; nullptr = the launcher's choice.
+class ScopedGemmTile {
+ public:
+  explicit ScopedGemmTile(const char* tile) {
+    if (tile != nullptr) setenv("MOEX_GEMM_TILE", tile, 1);
+    else unsetenv("MOEX_GEMM_TILE");
+  }
+  ~ScopedGemmTile() { unsetenv("MOEX_GEMM_TILE"); }
+  ScopedGemmTile(const ScopedGemmTile&) = delete;
+  ScopedGemmTile& operator=(const ScopedGemmTile&) = delete;
+};
+constexpr const char* kPipeTiles[] = {"wide", "square", "short"};
 
 class MatmulTest : public CudaOpsTest {
  protected:
@@ -49,6 +65,19 @@ TEST_F(MatmulTest, OddSizesUnalignedKAndAccumulate) {
   check(0, 5, 64, 64, DType::kBF16, DType::kBF16, DType::kF32, -2.f, true);
 }
 
+// Many rows: the pipelined tiles, with M, N and K off every tile size (K % 64 != 0 exercises
+// the zero-filled tail chunk), alpha, accumulate and f32 output, under each forced tile.
+TEST_F(MatmulTest, PipelinedTilesOddSizes) {
+  for (const char* tile : kPipeTiles) {
+    SCOPED_TRACE(std::string("tile ") + tile);
+    ScopedGemmTile scoped(tile);
+    check(0, 333, 200, 1032, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);
+    check(0, 130, 328, 520, DType::kBF16, DType::kBF16, DType::kF32, -0.5f, true);
+    check(3, 150, 130, 264, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);
+  }
+  check(0, 1000, 1100, 2056, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);  // the launcher's choice
+}
+
 TEST_F(MatmulTest, F32AndMixedFallback) {
   check(0, 9, 33, 130, DType::kF32, DType::kF32, DType::kF32, 1.f, false);
   check(0, 4, 128, 2048, DType::kF32, DType::kBF16, DType::kF32, 1.f, false);
@@ -79,6 +108,33 @@ TEST_F(MatmulTest, BatchedMlaAbsorption) {
   }
 }
 
+// Every tile configuration (WMMA 16 rows, pipelined 64/128 rows, 128 or 256 columns) gives a
+// row the same bits: the K order per element is the same everywhere (mma_pipeline.cuh).
+TEST_F(MatmulTest, RowBitsDoNotDependOnTile) {
+  const int64_t n = 520, k = 1544, rows = 260;
+  HostTensor x = host_random(DType::kBF16, {rows, k}, rng_);
+  HostTensor w = host_random(DType::kBF16, {n, k}, rng_, -0.1f, 0.1f);
+  DeviceTensor dx = to_device(*gpu_, x), dw = to_device(*gpu_, w);
+  DeviceTensor ref = device_poisoned(*gpu_, DType::kF32, {rows, n});
+  {
+    ScopedGemmTile scoped(nullptr);
+    MOEX_ASSERT_OK(gpu_->matmul({dx.t, dw.t, ref.t, 1.f, false}));
+  }
+  HostTensor all = to_host(*gpu_, ref);
+  for (const char* tile : kPipeTiles) {
+    ScopedGemmTile scoped(tile);
+    DeviceTensor got = device_poisoned(*gpu_, DType::kF32, {rows, n});
+    MOEX_ASSERT_OK(gpu_->matmul({dx.t, dw.t, got.t, 1.f, false}));
+    HostTensor h = to_host(*gpu_, got);
+    for (int64_t r = 0; r < rows; ++r) ASSERT_TRUE(rows_bit_equal(h, r, all, r)) << "row " << r << " tile " << tile;
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += 37) {  // single rows: the 16-row WMMA tile
+    DeviceTensor one = device_poisoned(*gpu_, DType::kF32, {1, n});
+    MOEX_ASSERT_OK(gpu_->matmul({dx.t.slice(0, r0, r0 + 1), dw.t, one.t, 1.f, false}));
+    ASSERT_TRUE(rows_bit_equal(to_host(*gpu_, one), 0, all, r0)) << "row " << r0 << " alone";
+  }
+}
+
 TEST_F(MatmulTest, RowBitsDoNotDependOnBatch) {
   const int64_t n = 768, k = 2048, rows = 300;
   HostTensor x = host_random(DType::kBF16, {rows, k}, rng_);
@@ -88,7 +144,7 @@ TEST_F(MatmulTest, RowBitsDoNotDependOnBatch) {
     DeviceTensor full = device_poisoned(*gpu_, ot, {rows, n});
     MOEX_ASSERT_OK(gpu_->matmul({dx.t, dw.t, full.t, 1.f, false}));
     HostTensor all = to_host(*gpu_, full);
-    for (const int64_t batch : {1, 2, 5, 16, 17, 64}) {
+    for (const int64_t batch : {1, 2, 5, 16, 17, 64, 130, 257}) {
       const int64_t r0 = rng_.uniform_int(0, int(rows - batch));
       DeviceTensor part = device_poisoned(*gpu_, ot, {batch, n});
       MOEX_ASSERT_OK(gpu_->matmul({dx.t.slice(0, r0, r0 + batch), dw.t, part.t, 1.f, false}));

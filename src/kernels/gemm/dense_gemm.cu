@@ -1,6 +1,11 @@
-// Dense (optionally batched) out = alpha * x @ w^T (+ out). See mma_tile.cuh for the K order.
+// Dense (optionally batched) out = alpha * x @ w^T (+ out). See mma_pipeline.cuh for the K
+// order, which the pipelined (many rows) and WMMA (few rows, unaligned) tiles share.
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/common/dtype.cuh"
 #include "kernels/gemm/gemm.h"
+#include "kernels/gemm/mma_pipeline.cuh"
 #include "kernels/gemm/mma_tile.cuh"
 
 namespace moex::kernels {
@@ -34,6 +39,32 @@ __global__ void __launch_bounds__(gemm::kThreads) dense_mma_kernel(DenseArgs a) 
     if (m0 + r >= a.m || n0 + c >= a.n) continue;
     TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
     float v = a.alpha * s.c[r][c];
+    if (a.accumulate) v = to_f32(*o) + v;
+    *o = from_f32<TOut>(v);
+  }
+}
+
+// Pipelined tile (mma_pipeline.cuh): rows 16-byte aligned and k % 8 == 0.
+template <class Cfg, class TOut>
+__global__ void __launch_bounds__(gemm::kPipeThreads, Cfg::MIN_BLOCKS) dense_pipe_kernel(DenseArgs a) {
+  extern __shared__ __align__(128) char smem[];
+  const gemm::PipeSmem<Cfg> s{smem};
+  const int b = blockIdx.z;
+  const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
+  const auto* x = static_cast<const __nv_bfloat16*>(a.x) + b * a.sxb;  // [m, k]
+  const auto* w = static_cast<const __nv_bfloat16*>(a.w) + b * a.swb;  // [n, k]
+  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x)
+    s.a_row()[r] = (m0 + r < a.m) ? x + int64_t(m0 + r) * a.sxm : nullptr;
+  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x)
+    s.b_row()[c] = (n0 + c < a.n) ? w + int64_t(n0 + c) * a.swn : nullptr;
+  __syncthreads();
+  gemm::pipe_tile<Cfg>(s, a.k);
+  TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
+  for (int i = threadIdx.x; i < Cfg::BM * Cfg::BN; i += blockDim.x) {
+    const int r = i / Cfg::BN, c = i % Cfg::BN;
+    if (m0 + r >= a.m || n0 + c >= a.n) continue;
+    TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
+    float v = a.alpha * s.c(r, c);
     if (a.accumulate) v = to_f32(*o) + v;
     *o = from_f32<TOut>(v);
   }
@@ -77,7 +108,65 @@ void launch_mma(const DenseArgs& a, int batch, bool vec, cudaStream_t stream) {
   else dense_mma_kernel<Cfg, false, TOut><<<grid, gemm::kThreads, 0, stream>>>(a);
 }
 
+template <class Cfg, class TOut>
+cudaError_t launch_pipe(const DenseArgs& a, int batch, cudaStream_t stream) {
+  auto* kernel = dense_pipe_kernel<Cfg, TOut>;
+  const cudaError_t e = gemm::pipe_prepare<Cfg>(kernel);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(ceil_div(a.n, Cfg::BN), ceil_div(a.m, Cfg::BM), batch);
+  kernel<<<grid, gemm::kPipeThreads, Cfg::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// Streaming multiprocessors of the current device (the tile choice wants two waves).
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return 132;  // an H100 SXM; only the tile choice depends on it
+  return n;
+}
+
+template <class TOut>
+cudaError_t launch_bf16(const DenseArgs& a, int batch, bool vec, cudaStream_t stream) {
+  // The tile shape only changes how much work is wasted on padding rows, never the bits.
+  if (a.m <= 16) {
+    launch_mma<gemm::TileSmall, TOut>(a, batch, vec, stream);
+    return cudaGetLastError();
+  }
+  gemm::PipeTile t = gemm::pipe_tile_override();
+  if (!vec || a.k % 8 != 0 || t == gemm::PipeTile::kWmma) {
+    launch_mma<gemm::TileLarge, TOut>(a, batch, vec, stream);
+    return cudaGetLastError();
+  }
+  if (t == gemm::PipeTile::kAuto) {
+    const int64_t wide_blocks = int64_t(ceil_div(a.m, 128)) * ceil_div(a.n, 256) * batch;
+    t = a.m <= 64                          ? gemm::PipeTile::kShort
+        : wide_blocks >= 2 * int64_t(sm_count()) ? gemm::PipeTile::kWide
+                                               : gemm::PipeTile::kSquare;
+  }
+  switch (t) {
+    case gemm::PipeTile::kWide: return launch_pipe<gemm::PipeWide, TOut>(a, batch, stream);
+    case gemm::PipeTile::kWide4: return launch_pipe<gemm::PipeWide4, TOut>(a, batch, stream);
+    case gemm::PipeTile::kShort: return launch_pipe<gemm::PipeShort, TOut>(a, batch, stream);
+    default: return launch_pipe<gemm::PipeSquare, TOut>(a, batch, stream);
+  }
+}
+
 }  // namespace
+
+namespace gemm {
+// Read at every launch (a sub-microsecond scan) so that tests can switch tiles in one process.
+PipeTile pipe_tile_override() {
+  const char* v = std::getenv("MOEX_GEMM_TILE");
+  if (v == nullptr) return PipeTile::kAuto;
+  if (std::strcmp(v, "wide") == 0) return PipeTile::kWide;
+  if (std::strcmp(v, "wide4") == 0) return PipeTile::kWide4;
+  if (std::strcmp(v, "wmma") == 0) return PipeTile::kWmma;
+  if (std::strcmp(v, "square") == 0) return PipeTile::kSquare;
+  if (std::strcmp(v, "short") == 0) return PipeTile::kShort;
+  return PipeTile::kAuto;
+}
+}  // namespace gemm
 
 cudaError_t launch_matmul(const ops::MatmulParams& p, cudaStream_t stream) {
   DenseArgs a{};
@@ -91,16 +180,8 @@ cudaError_t launch_matmul(const ops::MatmulParams& p, cudaStream_t stream) {
   if (p.x.dtype == DType::kBF16 && p.w.dtype == DType::kBF16) {
     const bool vec = aligned16(a.x) && aligned16(a.w) && a.sxb % 8 == 0 && a.sxm % 8 == 0 &&
                      a.swb % 8 == 0 && a.swn % 8 == 0;
-    // The tile shape only changes how much work is wasted on padding rows, never the bits.
-    const bool small = a.m <= 16;
-    if (p.out.dtype == DType::kF32) {
-      small ? launch_mma<gemm::TileSmall, float>(a, batch, vec, stream)
-            : launch_mma<gemm::TileLarge, float>(a, batch, vec, stream);
-    } else {
-      small ? launch_mma<gemm::TileSmall, __nv_bfloat16>(a, batch, vec, stream)
-            : launch_mma<gemm::TileLarge, __nv_bfloat16>(a, batch, vec, stream);
-    }
-    return cudaGetLastError();
+    return p.out.dtype == DType::kF32 ? launch_bf16<float>(a, batch, vec, stream)
+                                      : launch_bf16<__nv_bfloat16>(a, batch, vec, stream);
   }
   const dim3 grid(ceil_div(a.n, kSimtTile), ceil_div(a.m, kSimtTile), batch);
   const dim3 block(kSimtTile, kSimtTile);

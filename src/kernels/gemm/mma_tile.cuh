@@ -2,8 +2,9 @@
 // A rows and B rows are given as pointers (row gather / expert weights / batched views all reduce
 // to that); both are contiguous along K.
 //
-// Determinism: every output element is the sum over K in BK = 32 steps, each two k16 MMAs, in
-// ascending K order, whatever the tile shape (BM, BN) or the rows sharing the tile. Row r of C
+// Determinism (shared with mma_pipeline.cuh): every output element is the sum over K in BK = 32
+// steps, each two k16 MMAs, in ascending K order, whatever the tile shape (BM, BN) or the rows
+// sharing the tile. Row r of C
 // is therefore bit-identical whether it is computed alone or inside a larger batch, and the
 // small-M (GEMV-like) configuration gives the same bits as the large one.
 #pragma once
