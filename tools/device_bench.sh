@@ -3,13 +3,13 @@
 # the embedded model on the GPU against its pinned CPU output, roofline ceilings, operator
 # benchmarks (with --check against the CPU reference), operator test sets on the GPU, the
 # end-to-end benchmark, and the report. Results land in bench/results/<gpu>/ and OUTDIR.
-#   tools/device_bench.sh OUTDIR [steps...]   steps: run roofline moe mla gqa testsets e2e report
+#   tools/device_bench.sh OUTDIR [steps...]   steps: run roofline moe mla gqa nsa testsets e2e report
 # Env: MOEX_GIT_COMMIT (recorded in every JSON record when the tree has no .git).
 set -uo pipefail
 out="${1:?usage: tools/device_bench.sh OUTDIR [steps...]}"
 shift
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(run roofline moe mla gqa testsets e2e report)
+[ ${#steps[@]} -eq 0 ] && steps=(run roofline moe mla gqa nsa testsets e2e report)
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$(dirname "$0")/.."
@@ -36,12 +36,20 @@ if has run; then
   fi
 fi
 has roofline && step roofline 120 $moex bench roofline --device cuda
-has moe && step bench_fused_moe 300 $moex bench ops --op fused_moe --device cuda --check
+if has moe; then
+  step bench_fused_moe 300 $moex bench ops --op fused_moe --device cuda --check
+  step bench_fused_moe_prefill 200 $moex bench ops --op fused_moe --device cuda --check --cases bench/cases/fused_moe_prefill.json
+fi
 has mla && step bench_mla_decode 150 $moex bench ops --op mla_decode --device cuda --check
 has gqa && step bench_gqa_decode 90 $moex bench ops --op gqa_decode --device cuda --check
+if has nsa; then  # NSA at 64K: 50 timed launches (issue 5); full attention on the same shapes beside it
+  step bench_nsa 300 $moex bench ops --op nsa --device cuda --check --repeat 50 --cases bench/cases/nsa.json
+  step bench_nsa_full_attention 120 $moex bench ops --op gqa_decode --device cuda --repeat 20 --cases bench/cases/nsa.json
+fi
 if has testsets; then
   step testset_fused_moe 150 $moex test-set --op fused_moe --device cuda --quiet
   step testset_mla_decode 150 $moex test-set --op mla_decode --device cuda --quiet
+  step testset_nsa 150 $moex test-set --op nsa --device cuda --quiet
 fi
 has e2e && step e2e 120 $moex bench e2e --model models/moex-kjv-dsv3 --device cuda
 has report && step report 60 python3 tools/bench_report.py

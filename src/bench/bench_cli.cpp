@@ -48,7 +48,7 @@ int bench_main(int argc, char** argv) {
     oo.device = dev;
     bool no_flush = false, no_graph = false;
     CLI::App* ops = app.add_subcommand("ops", "time operators on case files against the roofline floor");
-    ops->add_option("--op", oo.op, "fused_moe, mla_decode, gqa_decode or rms_norm")->required();
+    ops->add_option("--op", oo.op, "fused_moe, mla_decode, gqa_decode, rms_norm or nsa")->required();
     ops->add_option("--cases", oo.cases_file, "case file (default bench/cases/<op>.json)");
     ops->add_flag("--check", oo.check, "verify each case against the reference before timing it");
     ops->add_option("--device", oo.device, "cuda or cpu")->check(CLI::IsMember({"cuda", "cpu"}));
@@ -107,7 +107,7 @@ int test_set_main(int argc, char** argv) {
     CLI::App app("operator test sets: a fixed case list against the reference", "test-set");
     bench::TestSetOptions o;
     o.device = bench::default_device();
-    app.add_option("--op", o.op, "fused_moe or mla_decode")->required()->check(CLI::IsMember({"fused_moe", "mla_decode"}));
+    app.add_option("--op", o.op, "fused_moe, mla_decode or nsa")->required()->check(CLI::IsMember({"fused_moe", "mla_decode", "nsa"}));
     app.add_option("--device", o.device, "cuda (vs the CPU backend) or cpu (vs a naive double reference)")
         ->check(CLI::IsMember({"cuda", "cpu"}));
     app.add_option("--subset", o.subset, "run this many cases spread over the list");

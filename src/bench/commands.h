@@ -62,7 +62,7 @@ struct E2eOptions {
 Status run_e2e(const E2eOptions& o, std::ostream& out);
 
 struct TestSetOptions {
-  std::string op;          // fused_moe | mla_decode
+  std::string op;          // fused_moe | mla_decode | nsa
   std::string device = "cpu";
   int64_t subset = 0;      // > 0: this many cases spread over the list
   bool quiet = false;      // print failures and the summary only

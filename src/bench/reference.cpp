@@ -94,6 +94,7 @@ Status mla_attention(const ops::MlaAttentionParams& p, std::vector<double>* out,
           int64_t page = walk.slot_page(i, s), off = s % p.seqs.page_size;
           double d = 0;
           for (int64_t c = 0; c < dim; ++c) d += rd(p.q, r, h, c) * rd(p.cache, page, off, c);
+          if (!p.cache_scale.empty()) d *= rd(p.cache_scale, page, off);  // FP8 cache: e4m3 * token scale
           score[size_t(s)] = double(p.scale) * d;
           mx = std::max(mx, score[size_t(s)]);
         }
@@ -103,6 +104,7 @@ Status mla_attention(const ops::MlaAttentionParams& p, std::vector<double>* out,
         for (int64_t s = 0; s <= pos; ++s) {
           int64_t page = walk.slot_page(i, s), off = s % p.seqs.page_size;
           double w = score[size_t(s)] / sum;
+          if (!p.cache_scale.empty()) w *= rd(p.cache_scale, page, off);
           for (int64_t c = 0; c < rank; ++c) o[c] += w * rd(p.cache, page, off, c);
         }
         (*lse)[size_t(r * heads + h)] = mx + std::log(sum);

@@ -30,6 +30,7 @@ std::string mla_name(const MlaTestCase& c, size_t index) {
     s += (i ? "," : "") + std::to_string(c.kv_lens[i]);
   }
   if (!c.want_lse) s += "_nolse";
+  if (c.cache_dtype == DType::kF8E4M3) s += "_fp8";
   return s;
 }
 
@@ -105,8 +106,10 @@ std::vector<MoeTestCase> fused_moe_test_cases() {
 
 std::vector<MlaTestCase> mla_decode_test_cases() {
   std::vector<MlaTestCase> out;
-  auto add = [&](std::vector<int32_t> lens, int64_t q, int64_t heads, int page, bool lse = true) {
+  auto add = [&](std::vector<int32_t> lens, int64_t q, int64_t heads, int page, bool lse = true,
+                 DType cache_dtype = DType::kBF16) {
     MlaTestCase c;
+    c.cache_dtype = cache_dtype;
     for (int32_t& l : lens) l = std::max<int32_t>(l, int32_t(q));
     c.kv_lens = lens;
     c.q_len = q;
@@ -140,6 +143,17 @@ std::vector<MlaTestCase> mla_decode_test_cases() {
       for (int64_t heads : {1, 20, 64}) {
         for (int rep = 0; rep < 3; ++rep) add(ragged(3, page, 200), q, heads, page);
       }
+    }
+  }
+  // The e4m3 latent cache (appended: the cases above keep their indices and seeds).
+  constexpr DType kF8 = DType::kF8E4M3;
+  for (int page : {16, 64}) {
+    for (int64_t q : {1, 2}) {
+      for (int32_t len : {1, page - 1, page + 1, 3 * page + 5, 1000}) add({len}, q, 16, page, true, kF8);
+      for (int64_t batch : {3, 8}) {
+        for (int rep = 0; rep < 3; ++rep) add(ragged(batch, page, 600), q, 16, page, rep != 1, kF8);
+      }
+      for (int64_t heads : {20, 64, 128}) add(ragged(3, page, 300), q, heads, page, true, kF8);
     }
   }
   return out;

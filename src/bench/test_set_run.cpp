@@ -176,6 +176,26 @@ MlaInputs make_mla_inputs(const MlaTestCase& c, DType act) {
   return in;
 }
 
+// The e4m3 latent cache of an fp8 case: every slot quantized by the CPU backend's cache_write
+// (one power-of-two scale per token). NaN slots stay NaN bytes (amax ignores NaN).
+struct Fp8Latents {
+  HostTensor f8, scale;  // [pages, page_size, dim] e4m3, [pages, page_size] f32
+};
+
+Expected<Fp8Latents> quantize_latents(const HostTensor& cache) {
+  const int64_t pages = cache.t.shape[0], ps = cache.t.shape[1], dim = cache.t.shape[2], slots = pages * ps;
+  Fp8Latents q{HostTensor(DType::kF8E4M3, {pages, ps, dim}), HostTensor(DType::kF32, {pages, ps})};
+  HostTensor map(DType::kI32, {slots});
+  std::iota(map.ptr<int32_t>(), map.ptr<int32_t>() + slots, 0);
+  ops::CacheWriteParams w;
+  w.src = cache.t.reshape({slots, dim});
+  w.slot_mapping = map.t;
+  w.dst = q.f8.t.reshape({slots, dim});
+  w.dst_scale = q.scale.t.reshape({slots});
+  MOEX_RETURN_IF_ERROR(make_cpu_backend()->cache_write(w));
+  return q;
+}
+
 ops::MlaAttentionParams mla_params(const MlaTestCase& c) {
   ops::MlaAttentionParams p;
   p.kv_lora_rank = int(c.kv_lora_rank);
@@ -187,12 +207,18 @@ struct MlaOutputs {
   HostTensor out, lse;
 };
 
-Expected<MlaOutputs> run_mla_on(Backend& be, const MlaTestCase& c, const MlaInputs& in) {
+// `f8`: run on this e4m3 cache + scales instead of in.cache.
+Expected<MlaOutputs> run_mla_on(Backend& be, const MlaTestCase& c, const MlaInputs& in, const Fp8Latents* f8 = nullptr) {
   Uploads up;
   ops::MlaAttentionParams p = mla_params(c);
   p.scale = in.scale;
   MOEX_ASSIGN_OR_RETURN(p.q, up.put(be, convert(in.q, be.activation_dtype())));
-  MOEX_ASSIGN_OR_RETURN(p.cache, up.put(be, convert(in.cache, be.activation_dtype())));
+  if (f8) {
+    MOEX_ASSIGN_OR_RETURN(p.cache, up.put(be, f8->f8));
+    MOEX_ASSIGN_OR_RETURN(p.cache_scale, up.put(be, f8->scale));
+  } else {
+    MOEX_ASSIGN_OR_RETURN(p.cache, up.put(be, convert(in.cache, be.activation_dtype())));
+  }
   MOEX_ASSIGN_OR_RETURN(p.seqs.block_table, up.put(be, in.block_table));
   MOEX_ASSIGN_OR_RETURN(p.seqs.seq_lens, up.put(be, in.seq_lens));
   MOEX_ASSIGN_OR_RETURN(p.seqs.query_start, up.put(be, in.query_start));
@@ -246,26 +272,45 @@ CaseResult run_mla_case(Backend& target, Backend* reference, const MlaTestCase& 
   r.name = c.name;
   r.tolerance = tolerance_for(target.activation_dtype());
   MlaInputs in = make_mla_inputs(c, target.activation_dtype());
-  Expected<MlaOutputs> got = run_mla_on(target, c, in);
+  const bool fp8 = c.cache_dtype == DType::kF8E4M3;
+  Fp8Latents f8;
+  if (fp8) {
+    Expected<Fp8Latents> q = quantize_latents(in.cache);
+    if (!q) return failed(r, q.status());
+    f8 = std::move(*q);
+  }
+  Expected<MlaOutputs> got = run_mla_on(target, c, in, fp8 ? &f8 : nullptr);
   if (!got) return failed(r, got.status());
-  std::vector<double> want_out, want_lse;
-  if (reference) {
-    MlaTestCase with_lse = c;
-    with_lse.want_lse = true;
-    Expected<MlaOutputs> ref_out = run_mla_on(*reference, with_lse, in);
-    if (!ref_out) return failed(r, Status(ref_out.status().code(), "reference: " + ref_out.status().message()));
-    want_out = to_doubles(ref_out->out);
-    want_lse = to_doubles(ref_out->lse);
-  } else {
+  // The reference on the case's cache (fp8: the same e4m3 bytes and scales), and for fp8 also
+  // on the unquantized cache: the accuracy the e4m3 cache costs.
+  auto reference_on = [&](bool quantized, std::vector<double>* out, std::vector<double>* lse) -> Status {
+    if (reference) {
+      MlaTestCase with_lse = c;
+      with_lse.want_lse = true;
+      Expected<MlaOutputs> ref_out = run_mla_on(*reference, with_lse, in, quantized ? &f8 : nullptr);
+      if (!ref_out) return Status(ref_out.status().code(), "reference: " + ref_out.status().message());
+      *out = to_doubles(ref_out->out);
+      *lse = to_doubles(ref_out->lse);
+      return Status::ok();
+    }
     ops::MlaAttentionParams p = mla_params(c);
     p.scale = in.scale;
     p.q = in.q.t;
-    p.cache = in.cache.t;
+    p.cache = quantized ? f8.f8.t : in.cache.t;
+    if (quantized) p.cache_scale = f8.scale.t;
     p.seqs.block_table = in.block_table.t;
     p.seqs.seq_lens = in.seq_lens.t;
     p.seqs.query_start = in.query_start.t;
-    Status s = ref::mla_attention(p, &want_out, &want_lse);
+    return ref::mla_attention(p, out, lse);
+  };
+  std::vector<double> want_out, want_lse;
+  Status s = reference_on(fp8, &want_out, &want_lse);
+  if (!s.is_ok()) return failed(r, s);
+  if (fp8) {
+    std::vector<double> plain_out, plain_lse;
+    s = reference_on(false, &plain_out, &plain_lse);
     if (!s.is_ok()) return failed(r, s);
+    r.quant_err = rel_l2_error(got->out, plain_out);
   }
   r.rel_err = rel_l2_error(got->out, want_out);
   if (c.want_lse) r.rel_err = std::max(r.rel_err, lse_error(to_doubles(got->lse), want_lse));

@@ -110,6 +110,11 @@ Expected<std::unique_ptr<Workload>> make_mla_decode_workload(Backend& be, const 
   const int64_t rank = case_int_or(c, "kv_lora_rank", 512), rope = case_int_or(c, "rope_dim", 64), dim = rank + rope;
   if (heads <= 0 || rank <= 0 || rope < 0) return invalid_argument("case " + c.name + ": heads, kv_lora_rank > 0");
   const DType act = be.activation_dtype();
+  // "cache": "fp8" runs the e4m3 latent cache with one f32 scale per token (random e4m3 values
+  // in [-1, 1], random scales); the default is the activation dtype.
+  const std::string cache_kind = case_string_or(c, "cache", "act");
+  if (cache_kind != "act" && cache_kind != "fp8") return invalid_argument("case " + c.name + ": cache must be act or fp8");
+  const bool fp8 = cache_kind == "fp8";
   const PagedLayout l = make_layout(d.batch, d.kv_len, d.q_len, d.page, seed);
   const int64_t n = d.batch * d.q_len;
   auto w = std::make_unique<Workload>();
@@ -118,7 +123,13 @@ Expected<std::unique_ptr<Workload>> make_mla_decode_workload(Backend& be, const 
   p.scale = float(case_double_or(c, "scale", 0.0723));  // ~ 1/sqrt(192), DeepSeek's q head dim
   MOEX_RETURN_IF_ERROR(upload_seqs(be, w.get(), l, &p.seqs));
   MOEX_ASSIGN_OR_RETURN(p.q, random_tensor(be, w.get(), act, {n, heads, dim}, seed + 1, -1.f, 1.f));
-  MOEX_ASSIGN_OR_RETURN(p.cache, cached_random_tensor(be, w.get(), cache, "mla.cache", act, {l.num_pages, d.page, dim}, seed + 2, -1.f, 1.f));
+  if (fp8) {
+    MOEX_ASSIGN_OR_RETURN(p.cache, cached_random_tensor(be, w.get(), cache, "mla.cache.f8", DType::kF8E4M3, {l.num_pages, d.page, dim},
+                                                        seed + 2, -1.f, 1.f));
+    MOEX_ASSIGN_OR_RETURN(p.cache_scale, random_tensor(be, w.get(), DType::kF32, {l.num_pages, d.page}, seed + 3, 0.5f, 2.f));
+  } else {
+    MOEX_ASSIGN_OR_RETURN(p.cache, cached_random_tensor(be, w.get(), cache, "mla.cache", act, {l.num_pages, d.page, dim}, seed + 2, -1.f, 1.f));
+  }
   MOEX_ASSIGN_OR_RETURN(DeviceTensor out, device_alloc(be, act, {n, heads, rank}));
   MOEX_ASSIGN_OR_RETURN(DeviceTensor lse, device_alloc(be, DType::kF32, {n, heads}));
   p.out = out.t;
@@ -127,7 +138,8 @@ Expected<std::unique_ptr<Workload>> make_mla_decode_workload(Backend& be, const 
   w->held.push_back(std::move(lse));
 
   const double asize = double(dtype_size(act));
-  w->bytes = double(d.batch * d.kv_len * dim) * asize + double(n * heads) * (double(dim + rank) * asize + 4.0) +
+  const double token_bytes = fp8 ? double(dim) + 4.0 : double(dim) * asize;  // fp8: e4m3 row + its scale
+  w->bytes = double(d.batch * d.kv_len) * token_bytes + double(n * heads) * (double(dim + rank) * asize + 4.0) +
              double(d.batch * l.max_pages) * 4.0;
   w->flops = 2.0 * double(n * heads) * double(d.kv_len) * double(dim + rank);
   w->shape = c.shape;
@@ -140,6 +152,10 @@ Expected<std::unique_ptr<Workload>> make_mla_decode_workload(Backend& be, const 
     const int64_t seqs = check_seqs(d), rows = seqs * d.q_len;
     HostSeqs hs = host_seqs(l, seqs);
     MOEX_ASSIGN_OR_RETURN(HostTensor cache_h, download_pages(*bp, p.cache, hs.device_pages));
+    HostTensor scale_h;
+    if (!p.cache_scale.empty()) {
+      MOEX_ASSIGN_OR_RETURN(scale_h, download_pages(*bp, p.cache_scale, hs.device_pages));
+    }
     MOEX_ASSIGN_OR_RETURN(HostTensor q, download_rows(*bp, p.q, rows));
     MOEX_RETURN_IF_ERROR(bp->fill(p.out.data, 0xff, p.out.nbytes()));  // NaN: unwritten rows show
     MOEX_RETURN_IF_ERROR(bp->mla_attention(p));
@@ -148,6 +164,7 @@ Expected<std::unique_ptr<Workload>> make_mla_decode_workload(Backend& be, const 
     ops::MlaAttentionParams r = p;
     r.q = q.t;
     r.cache = cache_h.t;
+    if (!p.cache_scale.empty()) r.cache_scale = scale_h.t;
     r.seqs.block_table = hs.block_table.t;
     r.seqs.seq_lens = hs.seq_lens.t;
     r.seqs.query_start = hs.query_start.t;

@@ -16,6 +16,11 @@ struct CacheWriteParams {
   Tensor src;           // [n, dim] strided rows
   Tensor slot_mapping;  // [n] i32
   Tensor dst;           // [num_slots, dim] (a cache seen as slots; strided rows allowed)
+  // Optional, only with an f8e4m3 dst (the FP8 MLA latent cache, docs/kernels/mla.md): each
+  // written row gets one power-of-two scale, the smallest with amax(row) <= 448 * scale, and
+  // dst[slot, :] = e4m3(src[t, :] / scale) (exact division, RNE, satfinite); a zero, subnormal
+  // or non-finite amax (NaN values ignored) gives scale 1. Empty: a plain cast, as before.
+  Tensor dst_scale{};   // [num_slots] f32
 };
 
 struct PagedSeqs {
@@ -48,6 +53,10 @@ struct MlaAttentionParams {
   Tensor lse;    // [n, heads] f32 log-sum-exp of the scaled scores (natural log), optional
   int kv_lora_rank = 512;
   float scale = 1.f;
+  // Optional, only with an f8e4m3 cache (written by cache_write with dst_scale): latent value
+  // cache[p, s, d] = e4m3 * cache_scale[p, s] for all kv_lora_rank + rope_dim features. Empty
+  // with an e4m3 cache: scale 1.
+  Tensor cache_scale{};  // [num_pages, page_size] f32
 };
 
 }  // namespace moex::ops

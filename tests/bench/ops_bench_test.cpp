@@ -26,7 +26,7 @@ int call(std::vector<std::string> args, int (*entry)(int, char**)) {
 
 TEST(OpsBench, SmokeCasesCheckAndRecordOnCpu) {
   std::string dir = temp_dir("ops");
-  for (const char* op : {"fused_moe", "mla_decode", "gqa_decode", "rms_norm"}) {
+  for (const char* op : {"fused_moe", "mla_decode", "gqa_decode", "rms_norm", "nsa"}) {
     OpsOptions o;
     o.op = op;
     o.cases_file = std::string(MOEX_SOURCE_DIR) + "/bench/cases/smoke.json";
@@ -102,6 +102,7 @@ TEST(BenchCli, FlagsAndErrors) {
 TEST(BenchCli, TestSetSubsetOnCpuPasses) {
   EXPECT_EQ(call({"test-set", "--op", "fused_moe", "--device", "cpu", "--subset", "6", "--quiet"}, test_set_main), 0);
   EXPECT_EQ(call({"test-set", "--op", "mla_decode", "--device", "cpu", "--subset", "6", "--quiet"}, test_set_main), 0);
+  EXPECT_EQ(call({"test-set", "--op", "nsa", "--device", "cpu", "--subset", "6", "--quiet"}, test_set_main), 0);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Operator test sets: the case lists, the naive references, and the CPU subset.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <set>
 
@@ -196,6 +198,120 @@ TEST(TestSets, CpuBackendPassesMlaSubset) {
   for (const CaseResult& c : *r) EXPECT_TRUE(c.passed) << c.name << " rel_err " << c.rel_err << " " << c.error;
 }
 
+TEST(TestSets, NsaListCoversTheCorners) {
+  std::vector<NsaTestCase> all = nsa_test_cases();
+  EXPECT_GE(all.size(), 200u);
+  std::set<std::string> names;
+  std::set<int64_t> groups;
+  bool len1 = false, edge = false, ragged = false, given = false, pooled = false, l_ne_d = false, tiny_window = false,
+       no_window = false, wide_window = false, ties = false, dec16 = false, dec64 = false, dec_given = false,
+       n_above_blocks = false, zero_len = false;
+  for (const NsaTestCase& c : all) {
+    EXPECT_TRUE(names.insert(c.name).second) << "duplicate " << c.name;
+    EXPECT_EQ(c.q_heads % c.kv_heads, 0) << c.name;
+    groups.insert(c.q_heads / c.kv_heads);
+    int32_t max_len = 0;
+    for (int32_t l : c.lens) {
+      len1 |= l == 1;
+      zero_len |= l == 0;
+      edge |= l >= c.cfg.block_len && (l - c.cfg.block_len) % c.cfg.block_stride == 0;
+      max_len = std::max(max_len, l);
+      if (c.decode) {
+        EXPECT_GE(l, 1) << c.name;
+      }
+    }
+    ragged |= c.lens.size() > 2;
+    (c.given_cmp ? given : pooled) = true;
+    l_ne_d |= c.cfg.block_len != c.cfg.block_stride;
+    tiny_window |= c.cfg.window > 0 && c.cfg.window < c.cfg.block_len;
+    no_window |= c.cfg.window == 0;
+    wide_window |= c.cfg.window > max_len;
+    ties |= c.ties;
+    n_above_blocks |= c.cfg.select_n * c.cfg.select_len > max_len;
+    dec16 |= c.decode && c.page_size == 16;
+    dec64 |= c.decode && c.page_size == 64;
+    dec_given |= c.decode && c.given_cmp;
+  }
+  EXPECT_TRUE(len1 && edge && ragged && given && pooled && l_ne_d && tiny_window && no_window && wide_window && ties &&
+              n_above_blocks && dec16 && dec64 && dec_given && zero_len);
+  EXPECT_TRUE(groups.count(1) && groups.count(4) && groups.count(16));
+  EXPECT_EQ(nsa_test_cases()[150].name, all[150].name);
+}
+
+// Identical keys make every softmax uniform: each branch is then a plain mean of its values.
+TEST(Reference, NsaUniformScoresGiveMeans) {
+  const int64_t len = 40, hq = 2, h = 1, dk = 4, dv = 3;
+  ops::NsaConfig cfg;
+  cfg.block_len = 8;
+  cfg.block_stride = 8;
+  cfg.select_len = 8;
+  cfg.select_n = 3;
+  cfg.num_init = 1;
+  cfg.num_local = 1;
+  cfg.window = 5;
+  cfg.scale = 0.5f;
+  HostTensor q(DType::kF32, {len, hq, dk}), k(DType::kF32, {len, h, dk}), v(DType::kF32, {len, h, dv}),
+      gates(DType::kF32, {len, hq, 3}), cu(DType::kI32, {2});
+  fill_uniform(&q, 3, -1.f, 1.f);
+  fill_uniform(&v, 4, -1.f, 1.f);
+  fill_uniform(&gates, 5, 0.f, 1.f);
+  std::fill_n(k.ptr<float>(), k.numel(), 0.25f);
+  cu.ptr<int32_t>()[0] = 0;
+  cu.ptr<int32_t>()[1] = int32_t(len);
+  ops::NsaForwardParams p;
+  p.q = q.t;
+  p.k = k.t;
+  p.v = v.t;
+  p.gates = gates.t;
+  p.cu_seqlens = cu.t;
+  p.cfg = cfg;
+  ref::NsaResult r;
+  ASSERT_TRUE(ref::nsa_forward(p, &r).is_ok());
+  auto vv = [&](int64_t s, int64_t e) { return double(v.ptr<float>()[s * dv + e]); };
+  for (int64_t t = 0; t < len; ++t) {
+    // l = d = l': every complete block has importance 1 / nc, so all unforced blocks tie and
+    // the free place goes to the lowest of them, block 1.
+    const int64_t nb = t / 8 + 1;
+    std::vector<int32_t> want_sel;
+    for (int64_t b = 0; b < nb && int64_t(want_sel.size()) < 3; ++b)
+      if (b == 0 || b == nb - 1 || b == 1) want_sel.push_back(int32_t(b));
+    std::sort(want_sel.begin(), want_sel.end());
+    want_sel.resize(3, -1);
+    EXPECT_EQ(std::vector<int32_t>(r.sel_idx.begin() + t * 3, r.sel_idx.begin() + t * 3 + 3), want_sel) << "t " << t;
+    const int64_t nc = t >= 7 ? (t - 7) / 8 + 1 : 0;
+    for (int64_t e = 0; e < dv; ++e) {
+      double win = 0, sel = 0, cmp = 0;
+      int64_t sel_n = 0;
+      for (int64_t s = std::max<int64_t>(0, t - 4); s <= t; ++s) win += vv(s, e) / double(std::min<int64_t>(5, t + 1));
+      for (int32_t b : want_sel)
+        for (int64_t s = b * 8; b >= 0 && s < b * 8 + 8 && s <= t; ++s, ++sel_n) sel += vv(s, e);
+      for (int64_t j = 0; j < nc; ++j)
+        for (int64_t s = j * 8; s < j * 8 + 8; ++s) cmp += vv(s, e) / 8.0 / double(nc);
+      for (int64_t hh = 0; hh < hq; ++hh) {
+        const size_t o = size_t((t * hq + hh) * dv + e);
+        EXPECT_NEAR(r.out_win[o], win, 1e-12);
+        EXPECT_NEAR(r.out_sel[o], sel / double(sel_n), 1e-12);
+        EXPECT_NEAR(r.out_cmp[o], cmp, 1e-12);
+      }
+    }
+  }
+}
+
+TEST(TestSets, CpuBackendPassesNsaSubset) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::vector<NsaTestCase> all = nsa_test_cases(), cases;
+  for (size_t i : subset_indices(all.size(), 30)) cases.push_back(all[i]);
+  Expected<std::vector<CaseResult>> r = run_nsa_test_set(*cpu, nullptr, cases, nullptr);
+  ASSERT_TRUE(r) << r.status().message();
+  ASSERT_EQ(r->size(), 30u);
+  int near_ties = 0;
+  for (const CaseResult& c : *r) {
+    EXPECT_TRUE(c.passed) << c.name << " rel_err " << c.rel_err << " " << c.error;
+    near_ties += c.near_ties;
+  }
+  std::printf("NSA subset: %d sel_idx near ties accepted\n", near_ties);
+}
+
 // The path `--device cuda` takes (reference = the CPU backend, inputs converted to its
 // activation dtype), exercised with a second CPU backend as the target.
 TEST(TestSets, BackendAsReferencePath) {
@@ -210,6 +326,12 @@ TEST(TestSets, BackendAsReferencePath) {
   Expected<std::vector<CaseResult>> m = run_mla_test_set(*target, reference.get(), mla_cases, nullptr);
   ASSERT_TRUE(m) << m.status().message();
   for (const CaseResult& c : *m) EXPECT_TRUE(c.passed && c.rel_err < 1e-6) << c.name << " " << c.rel_err << " " << c.error;
+  std::vector<NsaTestCase> nsa = nsa_test_cases(), nsa_cases;
+  for (size_t i : subset_indices(nsa.size(), 8)) nsa_cases.push_back(nsa[i]);
+  Expected<std::vector<CaseResult>> s = run_nsa_test_set(*target, reference.get(), nsa_cases, nullptr);
+  ASSERT_TRUE(s) << s.status().message();
+  for (const CaseResult& c : *s)
+    EXPECT_TRUE(c.passed && c.rel_err == 0 && c.near_ties == 0) << c.name << " " << c.rel_err << " " << c.error;
 }
 
 // A case passes on the CPU, and the error metric flags NaN (untouched poisoned output) and

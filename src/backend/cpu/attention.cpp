@@ -117,6 +117,16 @@ inline const char* elem(const Tensor& t, int64_t i0, int64_t i1, int64_t i2) {
          (i0 * t.stride[0] + i1 * t.stride[1] + i2 * t.stride[2]) * int64_t(dtype_size(t.dtype));
 }
 
+// Power-of-two exponent e of an FP8 row scale (contract: CacheWriteParams::dst_scale): the
+// smallest e with amax <= 448 * 2^e, read off amax's bits (448 = 1.75 * 2^8) so the CUDA
+// kernel computes the same e without a division. Zero, subnormal or non-finite amax: e = 0.
+int fp8_scale_exp(float amax) {
+  const uint32_t b = f32_to_bits(amax);
+  const int biased = int((b >> 23) & 0xffu);
+  if (biased == 0 || biased == 0xff) return 0;
+  return std::max(biased - 127 - 8 + ((b & 0x7fffffu) > 0x600000u ? 1 : 0), -126);
+}
+
 }  // namespace
 
 Status cache_write(const Ctx& ctx, const ops::CacheWriteParams& p) {
@@ -130,6 +140,14 @@ Status cache_write(const Ctx& ctx, const ops::CacheWriteParams& p) {
   const int64_t n = p.src.shape[0], dim = p.src.shape[1], slots = p.dst.shape[0];
   MOEX_RETURN_IF_ERROR(check_dim(op, "slot_mapping", p.slot_mapping, 0, n));
   MOEX_RETURN_IF_ERROR(check_dim(op, "dst", p.dst, 1, dim));
+  const bool quantize = !p.dst_scale.empty();
+  if (quantize) {
+    if (p.dst.dtype != DType::kF8E4M3)
+      return invalid_argument("cache_write: dst_scale needs an f8e4m3 dst, got dst " + shape_of(p.dst));
+    MOEX_RETURN_IF_ERROR(check_tensor(op, "dst_scale", p.dst_scale, 1));
+    if (p.dst_scale.dtype != DType::kF32) return invalid_argument("cache_write: dst_scale must be f32, got " + shape_of(p.dst_scale));
+    MOEX_RETURN_IF_ERROR(check_dim(op, "dst_scale", p.dst_scale, 0, slots));
+  }
   for (int64_t t = 0; t < n; ++t) {
     const int32_t s = i32_at(p.slot_mapping, t);
     if (s < 0 || s >= slots)
@@ -141,6 +159,14 @@ Status cache_write(const Ctx& ctx, const ops::CacheWriteParams& p) {
   parallel_for(ctx, n, dim, [&](int64_t t, int th) {
     float* b = buf.data() + th * dim;  // [dim]
     load_row(static_cast<const char*>(p.src.data) + t * p.src.stride[0] * int64_t(ss), p.src.dtype, p.src.stride[1], dim, b);
+    if (quantize) {
+      float amax = 0.f;
+      for (int64_t c = 0; c < dim; ++c) amax = std::max(amax, std::fabs(b[c]));  // NaN never wins
+      const int e = fp8_scale_exp(amax);
+      const float inv = std::ldexp(1.f, -e);  // exact: dividing by a power of two
+      for (int64_t c = 0; c < dim; ++c) b[c] *= inv;
+      p.dst_scale.ptr<float>()[int64_t(i32_at(p.slot_mapping, t)) * p.dst_scale.stride[0]] = std::ldexp(1.f, e);
+    }
     store_row(static_cast<char*>(p.dst.data) + int64_t(i32_at(p.slot_mapping, t)) * p.dst.stride[0] * int64_t(ds),
               p.dst.dtype, p.dst.stride[1], dim, b);
   });
@@ -240,6 +266,16 @@ Status mla_attention(const Ctx& ctx, const ops::MlaAttentionParams& p) {
     MOEX_RETURN_IF_ERROR(check_dim(op, "lse", p.lse, 0, n));
     MOEX_RETURN_IF_ERROR(check_dim(op, "lse", p.lse, 1, heads));
   }
+  const bool scaled = !p.cache_scale.empty();
+  if (scaled) {
+    if (p.cache.dtype != DType::kF8E4M3)
+      return invalid_argument("mla_attention: cache_scale needs an f8e4m3 cache, got cache " + shape_of(p.cache));
+    MOEX_RETURN_IF_ERROR(check_tensor(op, "cache_scale", p.cache_scale, 2));
+    if (p.cache_scale.dtype != DType::kF32)
+      return invalid_argument("mla_attention: cache_scale must be f32, got " + shape_of(p.cache_scale));
+    MOEX_RETURN_IF_ERROR(check_dim(op, "cache_scale", p.cache_scale, 0, pages));
+    MOEX_RETURN_IF_ERROR(check_dim(op, "cache_scale", p.cache_scale, 1, ps));
+  }
   SeqLayout lay;
   MOEX_RETURN_IF_ERROR(check_seqs(op, p.seqs, n, pages, ps, 0, &lay));
   if (n == 0 || heads == 0) return Status::ok();
@@ -268,6 +304,10 @@ Status mla_attention(const Ctx& ctx, const ops::MlaAttentionParams& p) {
       const char* r = static_cast<const char*>(p.cache.data) +  // [d] latent row
                       (page * p.cache.stride[0] + (s % ps) * p.cache.stride[1]) * int64_t(cs);
       load_row(r, p.cache.dtype, p.cache.stride[2], count, dst);
+      if (scaled) {  // the FP8 latent cache: value = e4m3 * scale of the token
+        const float sc = p.cache_scale.ptr<const float>()[page * p.cache_scale.stride[0] + (s % ps) * p.cache_scale.stride[1]];
+        for (int64_t c = 0; c < count; ++c) dst[c] *= sc;
+      }
     };
     attend(q, g, d, rank, 0, pos, p.scale, [&](int64_t s, float* dst) { latent(s, dst, d); },
            [&](int64_t s, float* dst) { latent(s, dst, rank); }, scores, row, lse + hb, out, lse);

@@ -3,6 +3,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "kernels/attention/attention.h"
+#include "kernels/attention/mla/mla_cache_fp8.h"
 #include "kernels/attention/mla/mla_decode_tc.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/gemm/gemm.h"
@@ -240,6 +241,14 @@ Status CudaBackend::cache_write(const ops::CacheWriteParams& p) {
   MOEX_RETURN_IF_ERROR(c.tensor(p.dst, "dst", 2, kFloat));
   MOEX_RETURN_IF_ERROR(c.dim_is(p.slot_mapping, "slot_mapping", 0, p.src.shape[0]));
   MOEX_RETURN_IF_ERROR(c.dim_is(p.dst, "dst", 1, p.src.shape[1]));
+  if (!p.dst_scale.empty()) {  // the FP8 MLA latent cache: one power-of-two scale per row
+    if (p.dst.dtype != DType::kF8E4M3) return c.fail("dst_scale needs an f8e4m3 dst, got dst " + p.dst.shape_string());
+    MOEX_RETURN_IF_ERROR(c.on_device(p.dst_scale, "dst_scale"));
+    MOEX_RETURN_IF_ERROR(c.rank(p.dst_scale, "dst_scale", 1));
+    MOEX_RETURN_IF_ERROR(c.dtype_in(p.dst_scale, "dst_scale", {DType::kF32}));
+    MOEX_RETURN_IF_ERROR(c.dim_is(p.dst_scale, "dst_scale", 0, p.dst.shape[0]));
+    return cuda_status(kernels::launch_cache_write_fp8(p, stream_), "cuda cache_write: fp8 launch");
+  }
   return cuda_status(kernels::launch_cache_write(p, stream_), "cuda cache_write: launch");
 }
 
@@ -265,7 +274,7 @@ Status CudaBackend::gqa_attention(const ops::GqaAttentionParams& p) {
 Status CudaBackend::mla_attention(const ops::MlaAttentionParams& p) {
   const Check c{"mla_attention"};
   MOEX_RETURN_IF_ERROR(c.tensor(p.q, "q", 3, kAct));
-  MOEX_RETURN_IF_ERROR(c.tensor(p.cache, "cache", 3, kAct));
+  MOEX_RETURN_IF_ERROR(c.tensor(p.cache, "cache", 3, {DType::kBF16, DType::kF32, DType::kF8E4M3}));
   MOEX_RETURN_IF_ERROR(c.tensor(p.out, "out", 3, kAct));
   const int64_t n = p.q.shape[0], heads = p.q.shape[1], dk = p.q.shape[2];
   MOEX_RETURN_IF_ERROR(c.dim_is(p.cache, "cache", 2, dk));
@@ -281,6 +290,18 @@ Status CudaBackend::mla_attention(const ops::MlaAttentionParams& p) {
     MOEX_RETURN_IF_ERROR(c.dim_is(p.lse, "lse", 1, heads));
   }
   MOEX_RETURN_IF_ERROR(validate_paged(c, p.seqs, n, p.cache.shape[1]));
+  if (!p.cache_scale.empty()) {
+    if (p.cache.dtype != DType::kF8E4M3) return c.fail("cache_scale needs an f8e4m3 cache, got cache " + p.cache.shape_string());
+    MOEX_RETURN_IF_ERROR(c.on_device(p.cache_scale, "cache_scale"));
+    MOEX_RETURN_IF_ERROR(c.rank(p.cache_scale, "cache_scale", 2));
+    MOEX_RETURN_IF_ERROR(c.dtype_in(p.cache_scale, "cache_scale", {DType::kF32}));
+    MOEX_RETURN_IF_ERROR(c.dim_is(p.cache_scale, "cache_scale", 0, p.cache.shape[0]));
+    MOEX_RETURN_IF_ERROR(c.dim_is(p.cache_scale, "cache_scale", 1, p.cache.shape[1]));
+  }
+  // The FP8 latent cache runs only on the tensor-core kernel (bf16 q, 576/512, 16-byte rows).
+  if (p.cache.dtype == DType::kF8E4M3 && !kernels::mla_decode_tc_supported(p))
+    return c.fail("an f8e4m3 cache needs bf16 q [n, heads, 576], kv_lora_rank 512 and 16-byte aligned cache rows, got q " +
+                  p.q.shape_string() + ", cache " + p.cache.shape_string());
   // Tensor-core decode kernel for bf16 576/512; the generic split-KV kernel for the rest.
   if (kernels::mla_decode_tc_supported(p))
     return cuda_status(kernels::launch_mla_decode_tc(p, *this, stream_), "cuda mla_attention: tensor-core launch");

@@ -8,10 +8,27 @@
 //
 // Keys past kend are zero-filled in smem (never loaded) and every key past a row's position
 // gets score -inf before the softmax: NaN pages are never read, garbage is never multiplied.
+//
+// FP8 latent cache (kMode 1 and 2, docs/kernels/mla.md "FP8 (e4m3) latent cache"): e4m3
+// [pages, page_size, 576] plus one f32 scale per token. 32-key e4m3 tiles (18 KB) stream by
+// cp.async into two staging buffers, with the tile's 32 scales and the page ids of the tile two
+// ahead (no cp.async waits on a block-table load); each tile is widened in smem, exactly (e4m3
+// is a subset of bf16 and of f16), and the same mma code runs. The token scale sc is applied in
+// fp32: score = scale * sc * dot(q, e4m3).
+//  - kMode 1 (default): widened to bf16 by bit operations; P = bf16(p * sc).
+//  - kMode 2 (MOEX_MLA_FP8_WIDEN=f16): widened to f16 by the hardware e4m3x2 -> f16x2 convert,
+//    mma in f16: q rows are stored as f16 * 2^-e (e >= 0 per row, so |q| < 2^15 fits), and
+//    P = f16(p * sc / c) with c the largest scale of the tile (P <= 1); O is kept divided by the
+//    current tile's c and rescaled with alpha when c changes.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 
 #include "kernels/attention/mla/mla_decode_tc.h"
 #include "kernels/common/dtype.cuh"
@@ -42,6 +59,9 @@ struct Args {
   float* part_ml;                                  // [tokens, heads, num_splits, 2]
   void* out; int64_t s_ot, s_oh;                   // out [n, heads, 512]
   float* lse; int64_t s_lse;                       // lse [n, heads] or nullptr
+  const uint8_t* cache8;                           // kF8: e4m3 cache [pages, page_size, 576] (s_cp, s_cs)
+  const float* cache_scale; int64_t s_sp, s_ss;    // kF8: [pages, page_size] f32, or nullptr (scale 1)
+  int page_shift;                                  // log2(page_size) when a power of two, else -1
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -52,6 +72,10 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// 4-byte copy (scales, page ids); src-size 0 zero-fills.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 4 : 0));
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
@@ -62,6 +86,12 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+// c[16x8] += a[16x16] * b[16x8], f16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 // c[16x8] += a[16x16] * b[16x8], bf16 inputs, fp32 accumulators.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -80,10 +110,56 @@ __device__ __forceinline__ float warp_sum_f(float v) {
   return v;
 }
 
-template <int kRG>
+// Four e4m3 (bytes b0..b3 of x, b0 first) to four bf16 (lo = {b0, b1}, hi = {b2, b3}), exact.
+// Sign to bit 15 and the 7 exponent+mantissa bits to bits 4..10 give the bf16 of value * 2^-120
+// (e4m3 subnormals become bf16 subnormals, same ratio); one bf16x2 multiply by 2^120 restores
+// the value exactly (bf16 mul keeps subnormal inputs). The NaN byte 0x7f reads as 480.
+__device__ __forceinline__ void e4m3x4_to_bf16(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  const uint32_t a = __byte_perm(x, 0u, 0x1404);  // [b1 0 b0 0]
+  const uint32_t b = __byte_perm(x, 0u, 0x3424);  // [b3 0 b2 0]
+  uint32_t ra = (a & 0x80008000u) | ((a >> 4) & 0x07f007f0u);
+  uint32_t rb = (b & 0x80008000u) | ((b >> 4) & 0x07f007f0u);
+  const __nv_bfloat162 k2p120 = __halves2bfloat162(__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80));
+  const __nv_bfloat162 va = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&ra), k2p120);
+  const __nv_bfloat162 vb = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&rb), k2p120);
+  lo = *reinterpret_cast<const uint32_t*>(&va);
+  hi = *reinterpret_cast<const uint32_t*>(&vb);
+}
+
+// bf16 Q tile, K tiles (two for bf16 double buffering, one for fp8: widened in place each
+// tile), P, S partials, row state; fp8 adds staging [2][kTile][kD] bytes, scales [2][kTile]
+// and page ids [4][kTile]. Every piece is a multiple of 16 bytes, so the staging is aligned.
+// e4m3 pairs (bytes b0..b3 of x) to f16 (lo = {b0, b1}, hi = {b2, b3}), exact.
+__device__ __forceinline__ void e4m3x4_to_f16(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(x & 0xffffu), __NV_E4M3);
+  const __half2_raw b = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(x >> 16), __NV_E4M3);
+  lo = uint32_t(a.x) | (uint32_t(a.y) << 16);
+  hi = uint32_t(b.x) | (uint32_t(b.y) << 16);
+}
+
+// kMode 2: f16 values of 8 bf16 q (a uint4) times 2^-e (inv = 2^-e).
+__device__ __forceinline__ uint4 bf16x8_to_f16x8(uint4 v, float inv) {
+  uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+    const __half2 h = __floats2half2_rn(f.x * inv, f.y * inv);
+    w[i] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Q tile, K tiles (two for bf16 double buffering, one for fp8: widened in place each tile),
+// P, S partials, row state; fp8 adds staging [2][kTile][kD] bytes, scales [2][kTile], page ids
+// [4][kTile], per-row q scales [kM] and amax bits [kM]. Every piece is a multiple of 16 bytes,
+// so the staging is aligned. (f16 and bf16 tiles have the same size.)
+template <int kRG, int kMode>
 constexpr size_t smem_bytes() {
-  return sizeof(__nv_bfloat16) * (size_t(16 * kRG) * kLd + 2 * size_t(kTile) * kLd + size_t(16 * kRG) * kPLd) +
-         sizeof(float) * (size_t(kDimSplits) * 16 * kRG * kTile + 3 * 16 * kRG) + sizeof(int) * 16 * kRG;
+  constexpr bool kF8 = kMode != 0;
+  constexpr size_t kKBufs = kF8 ? 1 : 2;
+  return sizeof(__nv_bfloat16) * (size_t(16 * kRG) * kLd + kKBufs * size_t(kTile) * kLd + size_t(16 * kRG) * kPLd) +
+         sizeof(float) * (size_t(kDimSplits) * 16 * kRG * kTile + 3 * 16 * kRG) + sizeof(int) * 16 * kRG +
+         (kF8 ? 2 * size_t(kTile) * kD + sizeof(float) * 2 * kTile + sizeof(int) * 4 * kTile + 8 * 16 * kRG : 0);
 }
 
 // The token group a CTA serves: tokens [g0, g1) of sequence seq, or nothing (g0 == g1).
@@ -106,18 +182,25 @@ __device__ inline Group group_of(const Args& a, int t) {
   return g;
 }
 
-template <int kRG>
+template <int kRG, int kMode>
 __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
+  constexpr bool kF8 = kMode != 0, kH = kMode == 2;
   constexpr int kM = 16 * kRG;
+  constexpr int kKBufs = kF8 ? 1 : 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kM][kLd]
-  __nv_bfloat16* ks = qs + kM * kLd;                                // [2][kTile][kLd]
-  __nv_bfloat16* ps = ks + 2 * kTile * kLd;                         // [kM][kPLd]
+  __nv_bfloat16* ks = qs + kM * kLd;                                // [kKBufs][kTile][kLd]
+  __nv_bfloat16* ps = ks + kKBufs * kTile * kLd;                    // [kM][kPLd]
   float* sp = reinterpret_cast<float*>(ps + kM * kPLd);             // [kDimSplits][kM][kTile]
   float* row_alpha = sp + kDimSplits * kM * kTile;                  // [kM]
   float* row_m = row_alpha + kM;                                    // [kM]
   float* row_l = row_m + kM;                                        // [kM]
   int* row_pos = reinterpret_cast<int*>(row_l + kM);                // [kM], -1: padding row
+  uint8_t* stage = reinterpret_cast<uint8_t*>(row_pos + kM);        // kF8: [2][kTile][kD] e4m3
+  float* key_scale = reinterpret_cast<float*>(stage + 2 * kTile * kD);  // kF8: [2][kTile]
+  int* page_id = reinterpret_cast<int*>(key_scale + 2 * kTile);     // kF8: [4][kTile] page of each key
+  float* row_qscale = reinterpret_cast<float*>(page_id + 4 * kTile);  // kMode 2: [kM] 2^e of each q row
+  int* row_amax = reinterpret_cast<int*>(row_qscale + kM);          // kMode 2: [kM] bits of max |q|
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int t = a.token0 + blockIdx.x;
@@ -152,7 +235,40 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
     row_pos[tid] = tid < rows ? len - (q_end - (grp.g0 + rr / a.heads)) : -1;
   }
   // Q tile: 72 16-byte chunks per row; padding rows are zero.
-  for (int i = tid; i < kM * (kD / 8); i += kThreads) {
+  if constexpr (kH) {
+    // f16 q: row amax first (positive floats order like their bits), then q * 2^-e as f16 with
+    // the smallest e >= 0 that keeps |q| * 2^-e < 2^15.
+    if (tid < kM) row_amax[tid] = 0;
+    __syncthreads();
+    auto q_chunk = [&](int r, int c) {
+      const int rr = r0 + r;
+      return *reinterpret_cast<const uint4*>(a.q + int64_t(grp.g0 + rr / a.heads) * a.s_qt + int64_t(rr % a.heads) * a.s_qh + c * 8);
+    };
+    for (int i = tid; i < rows * (kD / 8); i += kThreads) {
+      const uint4 v = q_chunk(i / (kD / 8), i % (kD / 8));
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+      float m = 0.f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[e]));
+        m = fmaxf(m, fmaxf(fabsf(f.x), fabsf(f.y)));
+      }
+      atomicMax(row_amax + i / (kD / 8), __float_as_int(m));
+    }
+    __syncthreads();
+    if (tid < kM) {
+      const int biased = (row_amax[tid] >> 23) & 0xff;
+      row_qscale[tid] = __int_as_float((127 + max(0, biased - 127 - 14)) << 23);
+    }
+    __syncthreads();
+    for (int i = tid; i < kM * (kD / 8); i += kThreads) {
+      const int r = i / (kD / 8), c = i % (kD / 8);
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (r < rows) v = bf16x8_to_f16x8(q_chunk(r, c), 1.f / row_qscale[r]);  // exact: a power of two
+      *reinterpret_cast<uint4*>(qs + r * kLd + c * 8) = v;
+    }
+  }
+  for (int i = tid; i < (kH ? 0 : kM * (kD / 8)); i += kThreads) {
     const int r = i / (kD / 8), c = i % (kD / 8);
     const int rr = r0 + r;
     const bool valid = r < rows;
@@ -173,8 +289,47 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       cp_async16(dst + j * kLd + c * 8, src, valid);
     }
   };
+  // kF8: tile t's bytes go to stage[t & 1] and its scales to key_scale[t & 1]; the same cp.async
+  // group brings the page ids of tile t + 2 into page_id[(t + 2) & 3], so issuing a tile never
+  // waits on the block table. Four id buffers: the one refilled was last read two tiles ago.
+  auto load_tile_f8 = [&](int t) {
+    const int k0 = kbeg + t * kTile;
+    const int* tp = page_id + (t & 3) * kTile;  // [kTile]
+    uint8_t* dst = stage + (t & 1) * kTile * kD;
+    for (int i = tid; i < kTile * (kD / 16); i += kThreads) {
+      const int j = i / (kD / 16), c = i % (kD / 16);
+      const int key = k0 + j;
+      const bool valid = key < kend;
+      const int slot = a.page_shift >= 0 ? key & (a.page_size - 1) : key % a.page_size;
+      const uint8_t* src = valid ? a.cache8 + int64_t(tp[j]) * a.s_cp + int64_t(slot) * a.s_cs + c * 16 : a.cache8;
+      cp_async16(dst + j * kD + c * 16, src, valid);
+    }
+    if (tid < kTile) {
+      const int key = k0 + tid;
+      float* sd = key_scale + (t & 1) * kTile + tid;
+      if (a.cache_scale != nullptr) {
+        const bool valid = key < kend;
+        cp_async4(sd, valid ? a.cache_scale + int64_t(tp[tid]) * a.s_sp + int64_t(key % a.page_size) * a.s_ss : a.cache_scale, valid);
+      } else {
+        *sd = 1.f;
+      }
+      const int key2 = key + 2 * kTile;
+      const bool valid2 = key2 < kend;
+      const int pg = a.page_shift >= 0 ? key2 >> a.page_shift : key2 / a.page_size;
+      cp_async4(page_id + ((t + 2) & 3) * kTile + tid, valid2 ? pages + pg : pages, valid2);
+    }
+  };
   const int ntiles = (kend - kbeg + kTile - 1) / kTile;
-  load_tile(0, 0);
+  if constexpr (kF8) {
+    if (tid < 2 * kTile) {  // page ids of tiles 0 and 1 (page_id[0], page_id[1])
+      const int key = kbeg + tid;
+      page_id[tid] = key < kend ? pages[key / a.page_size] : 0;
+    }
+    __syncthreads();
+    load_tile_f8(0);
+  } else {
+    load_tile(0, 0);
+  }
   cp_async_commit();
 
   // Softmax state: warp w owns rows w + 8 i; every lane holds the same m, l.
@@ -191,17 +346,36 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[g][j][e] = 0.f;
 
+  float c_run = 1.f;  // kMode 2: the scale O is divided by (1 otherwise)
   const int gr = lane / 4, gc = lane % 4;  // mma fragment row / column-pair of this lane
   for (int it = 0; it < ntiles; ++it) {
     if (it + 1 < ntiles) {
-      load_tile(it + 1, (it + 1) & 1);
+      if constexpr (kF8) load_tile_f8(it + 1); else load_tile(it + 1, (it + 1) & 1);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    const __nv_bfloat16* kt = ks + (it & 1) * kTile * kLd;  // [kTile][kLd]
+    const __nv_bfloat16* kt = ks + (kF8 ? 0 : (it & 1)) * kTile * kLd;  // [kTile][kLd]
+    if constexpr (kF8) {
+      // Widen the e4m3 tile to bf16: 8 bytes in, 16 bytes out per step.
+      const uint8_t* src = stage + (it & 1) * kTile * kD;  // [kTile][kD]
+      for (int i = tid; i < kTile * (kD / 8); i += kThreads) {
+        const int j = i / (kD / 8), c = i % (kD / 8);
+        const uint2 v = *reinterpret_cast<const uint2*>(src + j * kD + c * 8);
+        uint4 o;
+        if constexpr (kH) {
+          e4m3x4_to_f16(v.x, o.x, o.y);
+          e4m3x4_to_f16(v.y, o.z, o.w);
+        } else {
+          e4m3x4_to_bf16(v.x, o.x, o.y);
+          e4m3x4_to_bf16(v.y, o.z, o.w);
+        }
+        *reinterpret_cast<uint4*>(ks + j * kLd + c * 8) = o;
+      }
+      __syncthreads();
+    }
 
     // S partials: item = (row group, 16-key half, dim quarter); each warp takes kRG items.
 #pragma unroll
@@ -218,8 +392,13 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
         uint32_t af[4], bf[4];
         ldsm_x4(af, qa + d0);
         ldsm_x4(bf, kb + d0);
-        mma_bf16(c[0], af, bf[0], bf[1]);
-        mma_bf16(c[1], af, bf[2], bf[3]);
+        if constexpr (kH) {
+          mma_f16(c[0], af, bf[0], bf[1]);
+          mma_f16(c[1], af, bf[2], bf[3]);
+        } else {
+          mma_bf16(c[0], af, bf[0], bf[1]);
+          mma_bf16(c[1], af, bf[2], bf[3]);
+        }
       }
       float* out = sp + (dq * kM + rg * 16) * kTile + kh * 16;
 #pragma unroll
@@ -232,21 +411,41 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
 
     // Online softmax: lane = key of the tile.
     const int key = kbeg + it * kTile + lane;
+    // kMode 2: c = the tile's largest key scale (the same in every warp); O is kept as O / c.
+    float c_ratio = 1.f;
+    if constexpr (kH) {
+      const float c_tile = fmaxf(warp_max_f(key_scale[(it & 1) * kTile + lane]), 1.17549435e-38f);
+      c_ratio = it == 0 ? 1.f : c_run / c_tile;
+      c_run = c_tile;
+    }
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
       const int r = warp + 8 * i;
       float s = sp[(0 * kM + r) * kTile + lane] + sp[(1 * kM + r) * kTile + lane];
       s += sp[(2 * kM + r) * kTile + lane];
       s += sp[(3 * kM + r) * kTile + lane];
-      s = (key < kend && key <= row_pos[r]) ? s * a.scale : -INFINITY;
+      float ksc = 1.f;  // kF8: the key's token scale (0 for keys past kend, whose p is 0)
+      if constexpr (kF8) ksc = key_scale[(it & 1) * kTile + lane];
+      if constexpr (kH) {
+        s = (key < kend && key <= row_pos[r]) ? s * row_qscale[r] * a.scale * ksc : -INFINITY;
+      } else if constexpr (kF8) {
+        s = (key < kend && key <= row_pos[r]) ? s * a.scale * ksc : -INFINITY;
+      } else {
+        s = (key < kend && key <= row_pos[r]) ? s * a.scale : -INFINITY;
+      }
       const float m_new = fmaxf(m_run[i], warp_max_f(s));
       const float pf = m_new == -INFINITY ? 0.f : expf(s - m_new);
       const float alpha = m_new == -INFINITY ? 1.f : expf(m_run[i] - m_new);
-      const __nv_bfloat16 pb = __float2bfloat16_rn(pf);  // PV runs on bf16 P; l and lse stay fp32
+      // PV runs on bf16 P (times the key's scale for fp8: V is the unscaled e4m3); l and lse
+      // stay fp32.
       l_run[i] = l_run[i] * alpha + warp_sum_f(pf);
       m_run[i] = m_new;
-      ps[r * kPLd + lane] = pb;
-      if (lane == 0) row_alpha[r] = alpha;
+      if constexpr (kH) {
+        reinterpret_cast<__half*>(ps)[r * kPLd + lane] = __float2half_rn(pf * (ksc / c_run));
+      } else {
+        ps[r * kPLd + lane] = __float2bfloat16_rn(kF8 ? pf * ksc : pf);
+      }
+      if (lane == 0) row_alpha[r] = kH ? alpha * c_ratio : alpha;
     }
     __syncthreads();
 
@@ -269,8 +468,13 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
         for (int jp = 0; jp < 4; ++jp) {
           uint32_t bf[4];
           ldsm_x4_t(bf, vb + jp * 16);
-          mma_bf16(acc[g][2 * jp], af, bf[0], bf[1]);
-          mma_bf16(acc[g][2 * jp + 1], af, bf[2], bf[3]);
+          if constexpr (kH) {
+            mma_f16(acc[g][2 * jp], af, bf[0], bf[1]);
+            mma_f16(acc[g][2 * jp + 1], af, bf[2], bf[3]);
+          } else {
+            mma_bf16(acc[g][2 * jp], af, bf[0], bf[1]);
+            mma_bf16(acc[g][2 * jp + 1], af, bf[2], bf[3]);
+          }
         }
       }
     }
@@ -290,7 +494,8 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       if (r >= rows) continue;
       float* dst = a.part_acc + part_index(r) * kDV + warp * 64 + 2 * gc;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) *reinterpret_cast<float2*>(dst + j * 8) = make_float2(acc[g][j][2 * h], acc[g][j][2 * h + 1]);
+      for (int j = 0; j < 8; ++j)
+        *reinterpret_cast<float2*>(dst + j * 8) = make_float2(acc[g][j][2 * h] * c_run, acc[g][j][2 * h + 1] * c_run);
     }
   }
   for (int r = tid; r < rows; r += kThreads) {
@@ -326,7 +531,7 @@ __global__ void __launch_bounds__(128) mla_combine_kernel(Args a) {
   if (a.lse && threadIdx.x == 0) a.lse[int64_t(t) * a.s_lse + h] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-template <int kRG, class TO>
+template <int kRG, int kMode, class TO>
 cudaError_t run(Args a, const MlaDecodePlan& plan, int n, Scratch& scratch, cudaStream_t stream) {
   constexpr size_t kMaxScratch = size_t(256) << 20;
   const size_t per_token = size_t(a.heads) * a.num_splits * (kDV + 2) * sizeof(float);
@@ -337,19 +542,30 @@ cudaError_t run(Args a, const MlaDecodePlan& plan, int n, Scratch& scratch, cuda
   if (carver.base == nullptr) return cudaErrorMemoryAllocation;
   a.part_acc = carver.carve<float>(rows * kDV);
   a.part_ml = carver.carve<float>(rows * 2);
-  constexpr size_t smem = smem_bytes<kRG>();
-  cudaError_t err = cudaFuncSetAttribute(mla_decode_tc_kernel<kRG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  constexpr size_t smem = smem_bytes<kRG, kMode>();
+  cudaError_t err = cudaFuncSetAttribute(mla_decode_tc_kernel<kRG, kMode>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   for (int t0 = 0; t0 < n; t0 += chunk) {
     a.token0 = t0;
     a.tokens = std::min(chunk, n - t0);
     const dim3 grid(unsigned(a.tokens), unsigned(a.num_splits), unsigned(plan.row_tiles));
-    mla_decode_tc_kernel<kRG><<<grid, kThreads, smem, stream>>>(a);
+    mla_decode_tc_kernel<kRG, kMode><<<grid, kThreads, smem, stream>>>(a);
     mla_combine_kernel<TO><<<unsigned(a.tokens * a.heads), 128, 0, stream>>>(a);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
+}
+
+// The fp8 widening: 1 (bf16 bit operations, the default) or 2 (f16, MOEX_MLA_FP8_WIDEN=f16).
+// Both pass the same tests and run at the same speed at 16 heads (docs/kernels/mla.md); mode 1
+// is simpler and faster at 128 heads. Mode 2 is kept for the latency work that comes next.
+int fp8_mode() {
+  static const int mode = [] {
+    const char* v = std::getenv("MOEX_MLA_FP8_WIDEN");
+    return v != nullptr && std::string(v) == "f16" ? 2 : 1;
+  }();
+  return mode;
 }
 
 }  // namespace mla_tc
@@ -373,11 +589,15 @@ bool mla_decode_tc_supported(const ops::MlaAttentionParams& p) {
   using mla_tc::kD;
   using mla_tc::kDV;
   auto aligned = [](const Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data) % 16) == 0; };
-  if (p.q.dtype != DType::kBF16 || p.cache.dtype != DType::kBF16) return false;
+  const bool f8 = p.cache.dtype == DType::kF8E4M3;
+  if (p.q.dtype != DType::kBF16 || (p.cache.dtype != DType::kBF16 && !f8)) return false;
   if (p.out.dtype != DType::kBF16 && p.out.dtype != DType::kF32) return false;
   if (p.q.shape[2] != kD || p.kv_lora_rank != kDV) return false;
   if (p.q.stride[2] != 1 || p.q.stride[1] % 8 != 0 || p.q.stride[0] % 8 != 0 || !aligned(p.q)) return false;
-  if (p.cache.stride[2] != 1 || p.cache.stride[1] % 8 != 0 || p.cache.stride[0] % 8 != 0 || !aligned(p.cache)) return false;
+  const int64_t row_align = f8 ? 16 : 8;  // 16-byte rows for cp.async
+  if (p.cache.stride[2] != 1 || p.cache.stride[1] % row_align != 0 || p.cache.stride[0] % row_align != 0 || !aligned(p.cache))
+    return false;
+  if (!p.cache_scale.empty() && (!f8 || p.cache_scale.dtype != DType::kF32)) return false;
   if (p.out.stride[2] != 1) return false;
   if (!p.lse.empty() && p.lse.stride[1] != 1) return false;
   return p.seqs.page_size > 0;
@@ -388,12 +608,22 @@ cudaError_t launch_mla_decode_tc(const ops::MlaAttentionParams& p, Scratch& scra
   if (n == 0) return cudaSuccess;
   mla_tc::Args a{};
   a.q = p.q.ptr<__nv_bfloat16>(); a.s_qt = p.q.stride[0]; a.s_qh = p.q.stride[1];
-  a.cache = p.cache.ptr<__nv_bfloat16>(); a.s_cp = p.cache.stride[0]; a.s_cs = p.cache.stride[1];
+  const bool f8 = p.cache.dtype == DType::kF8E4M3;
+  a.s_cp = p.cache.stride[0]; a.s_cs = p.cache.stride[1];
+  if (f8) {
+    a.cache8 = static_cast<const uint8_t*>(p.cache.data);
+    if (!p.cache_scale.empty()) {
+      a.cache_scale = p.cache_scale.ptr<float>(); a.s_sp = p.cache_scale.stride[0]; a.s_ss = p.cache_scale.stride[1];
+    }
+  } else {
+    a.cache = p.cache.ptr<__nv_bfloat16>();
+  }
   a.block_table = p.seqs.block_table.ptr<int32_t>(); a.s_bt = p.seqs.block_table.stride[0];
   a.seq_lens = p.seqs.seq_lens.ptr<int32_t>();
   a.query_start = p.seqs.query_start.ptr<int32_t>();
   a.num_seqs = int(p.seqs.seq_lens.shape[0]);
   a.page_size = p.seqs.page_size;
+  a.page_shift = (a.page_size & (a.page_size - 1)) == 0 ? __builtin_ctz(unsigned(a.page_size)) : -1;
   a.heads = int(p.q.shape[1]);
   const int64_t max_keys = p.seqs.block_table.shape[1] * int64_t(p.seqs.page_size);
   const MlaDecodePlan plan = plan_mla_decode(n, a.num_seqs, a.heads, max_keys);
@@ -405,10 +635,20 @@ cudaError_t launch_mla_decode_tc(const ops::MlaAttentionParams& p, Scratch& scra
   cudaError_t err = cudaErrorInvalidValue;
   dispatch_act(p.out.dtype, [&](auto to) {
     using TO = decltype(to);
-    switch (plan.row_groups) {
-      case 1: err = mla_tc::run<1, TO>(a, plan, n, scratch, stream); break;
-      case 2: err = mla_tc::run<2, TO>(a, plan, n, scratch, stream); break;
-      default: err = mla_tc::run<4, TO>(a, plan, n, scratch, stream); break;
+    auto go = [&](auto mode_tag) {
+      constexpr int kMode = decltype(mode_tag)::value;
+      switch (plan.row_groups) {
+        case 1: err = mla_tc::run<1, kMode, TO>(a, plan, n, scratch, stream); break;
+        case 2: err = mla_tc::run<2, kMode, TO>(a, plan, n, scratch, stream); break;
+        default: err = mla_tc::run<4, kMode, TO>(a, plan, n, scratch, stream); break;
+      }
+    };
+    if (!f8) {
+      go(std::integral_constant<int, 0>{});
+    } else if (mla_tc::fp8_mode() == 1) {
+      go(std::integral_constant<int, 1>{});
+    } else {
+      go(std::integral_constant<int, 2>{});
     }
   });
   return err;

@@ -1,5 +1,6 @@
 // Tensor-core MLA decode (absorbed form, DeepSeek-V2/V3: bf16 q [n, heads, 576], bf16 latent
-// cache [pages, page_size, 576], values = first 512 features). See docs/kernels/mla.md.
+// cache [pages, page_size, 576] or e4m3 cache + per-token f32 scales [pages, page_size],
+// values = first 512 features). See docs/kernels/mla.md.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -22,7 +23,8 @@ struct MlaDecodePlan {
 };
 MlaDecodePlan plan_mla_decode(int64_t n, int64_t num_seqs, int heads, int64_t max_keys);
 
-// True when the tensor-core kernel takes these params (bf16 q/cache, 576/512, aligned rows);
+// True when the tensor-core kernel takes these params (bf16 q, bf16 or e4m3 cache, 576/512,
+// aligned rows; e4m3 rows 16-byte aligned); an e4m3 cache has no other kernel, and
 // the generic split-KV kernel handles everything else. Depends only on dtypes, dims and
 // alignment, never on the batch's composition, so a row alone and in a batch use one kernel.
 bool mla_decode_tc_supported(const ops::MlaAttentionParams& p);
