@@ -19,7 +19,9 @@ import sys
 from collections import defaultdict
 
 # The x axis of each op's plots and the field that splits attention lines by batch.
-X_FIELD = {"fused_moe": "tokens", "rms_norm": "tokens", "mla_decode": "kv_len", "gqa_decode": "kv_len"}
+# A tuple: the first field present in a model's records (NSA forward by length, decode by batch).
+X_FIELD = {"fused_moe": "tokens", "rms_norm": "tokens", "mla_decode": "kv_len", "gqa_decode": "kv_len",
+           "nsa": ("seq_len", "batch")}
 # Shape fields computed by the benchmark, not chosen by the case file.
 DERIVED = {"experts_hit", "slots"}
 
@@ -98,14 +100,20 @@ def plot_op(op, records, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x_field = X_FIELD.get(op)
-    if not x_field:
+    x_fields = X_FIELD.get(op)
+    if not x_fields:
         return []
+    if isinstance(x_fields, str):
+        x_fields = (x_fields,)
     written = []
     by_model = defaultdict(list)
     for r in records:
         by_model[r.get("model", op)].append(r)
     for model, recs in sorted(by_model.items()):
+        present = [f for f in x_fields if any(f in r.get("shape", {}) for r in recs)]
+        if not present:
+            continue
+        x_field = present[0]
         # Fields other than x that vary within the model (batch, skew...) split the lines.
         values = defaultdict(set)
         for r in recs:

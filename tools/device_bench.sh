@@ -40,7 +40,10 @@ if has moe; then
   step bench_fused_moe 300 $moex bench ops --op fused_moe --device cuda --check
   step bench_fused_moe_prefill 200 $moex bench ops --op fused_moe --device cuda --check --cases bench/cases/fused_moe_prefill.json
 fi
-has mla && step bench_mla_decode 150 $moex bench ops --op mla_decode --device cuda --check
+if has mla; then
+  step bench_mla_decode 150 $moex bench ops --op mla_decode --device cuda --check
+  step bench_mla_fp8 120 $moex bench ops --op mla_decode --device cuda --check --cases bench/cases/mla_fp8.json
+fi
 has gqa && step bench_gqa_decode 90 $moex bench ops --op gqa_decode --device cuda --check
 if has nsa; then  # NSA at 64K: 50 timed launches (issue 5); full attention on the same shapes beside it
   step bench_nsa 300 $moex bench ops --op nsa --device cuda --check --repeat 50 --cases bench/cases/nsa.json
