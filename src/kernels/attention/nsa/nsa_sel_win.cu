@@ -3,6 +3,9 @@
 // softmax over the tokens s <= t of the chosen blocks (ascending, so only the last block can be
 // partial and the visible keys are a prefix of the concatenated blocks), a second one over the
 // window, then out = gate0 * o_cmp + gate1 * o_sel + gate2 * o_win.
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/attention/nsa/nsa_block.cuh"
 
 namespace moex::kernels::nsa {
@@ -100,14 +103,47 @@ bool use_tensor_cores(const Params& p) {
   return cmp_select_tc_smem(p) <= kMaxSmem;
 }
 
+// Bench-only switches, read once from the environment (unset: the normal path).
+//   MOEX_NSA_ONLY=cmp | sel_win  launches only that attention kernel (outputs are then wrong):
+//                                the per-kernel split of `moex bench ops --op nsa`, under graphs;
+//   MOEX_NSA_TILE=0 | 2 | 4      forward rows per cmp_select CTA (0: the one-row kernel).
+namespace {
+struct Knobs {
+  bool skip_cmp = false, skip_sel_win = false;
+  int tile_tokens = 4;
+};
+const Knobs& knobs() {
+  static const Knobs k = [] {
+    Knobs r;
+    if (const char* only = std::getenv("MOEX_NSA_ONLY")) {
+      r.skip_cmp = std::strcmp(only, "sel_win") == 0;
+      r.skip_sel_win = std::strcmp(only, "cmp") == 0;
+    }
+    if (const char* t = std::getenv("MOEX_NSA_TILE")) r.tile_tokens = std::atoi(t);
+    return r;
+  }();
+  return k;
+}
+}  // namespace
+
 cudaError_t launch_attention(const Params& p, void* scratch, cudaStream_t stream) {
   if (p.rows.rows == 0) return cudaSuccess;
   ScratchCarver sc{static_cast<char*>(scratch), 0};
   float* o_cmp = sc.carve<float>(size_t(p.rows.rows) * p.hq * p.dv);
   int32_t* idx = sc.carve<int32_t>(size_t(p.rows.rows) * p.h * p.g.select_n);
   const bool tc = kUseTensorCores && use_tensor_cores(p);
-  cudaError_t e = tc ? launch_cmp_select_tc(p, o_cmp, idx, stream) : launch_cmp_select(p, o_cmp, idx, stream);
-  if (e != cudaSuccess) return e;
+  const Knobs& kn = knobs();
+  cudaError_t e = cudaSuccess;
+  if (!kn.skip_cmp) {
+    // Forward rows take the token-tiled kernel (bitwise the same rows); decode rows, and shapes
+    // whose tiled shared memory does not fit, the one-row kernel.
+    e = tc && kn.tile_tokens > 0 ? launch_cmp_select_tile(p, o_cmp, idx, kn.tile_tokens, stream)
+                                 : cudaErrorNotSupported;
+    if (e == cudaErrorNotSupported)
+      e = tc ? launch_cmp_select_tc(p, o_cmp, idx, stream) : launch_cmp_select(p, o_cmp, idx, stream);
+    if (e != cudaSuccess) return e;
+  }
+  if (kn.skip_sel_win) return cudaSuccess;
   return tc ? launch_sel_win_tc(p, o_cmp, idx, stream) : launch_sel_win(p, o_cmp, idx, stream);
 }
 
