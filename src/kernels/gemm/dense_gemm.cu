@@ -7,6 +7,7 @@
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/mma_pipeline.cuh"
 #include "kernels/gemm/mma_tile.cuh"
+#include "kernels/gemm/wgmma_pipeline.cuh"
 
 namespace moex::kernels {
 namespace {
@@ -18,6 +19,13 @@ struct DenseArgs {
   int m, n, k;
   float alpha;
   bool accumulate;
+  bool vec_out;  // son == 1, out and its batch / row strides aligned for 4-element vectors
+};
+
+// Four output elements stored (or loaded) as one 8- or 16-byte access.
+template <class T>
+struct alignas(4 * sizeof(T)) Vec4 {
+  T v[4];
 };
 
 template <class Cfg, bool kVec, class TOut>
@@ -60,6 +68,54 @@ __global__ void __launch_bounds__(gemm::kPipeThreads, Cfg::MIN_BLOCKS) dense_pip
   __syncthreads();
   gemm::pipe_tile<Cfg>(s, a.k);
   TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
+  for (int i = threadIdx.x; i < Cfg::BM * Cfg::BN; i += blockDim.x) {
+    const int r = i / Cfg::BN, c = i % Cfg::BN;
+    if (m0 + r >= a.m || n0 + c >= a.n) continue;
+    TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
+    float v = a.alpha * s.c(r, c);
+    if (a.accumulate) v = to_f32(*o) + v;
+    *o = from_f32<TOut>(v);
+  }
+}
+
+// wgmma tile (wgmma_pipeline.cuh, sm_90a): same operands and epilogue as dense_pipe_kernel.
+template <class Cfg, class TOut>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::MIN_BLOCKS) dense_wg_kernel(DenseArgs a) {
+  extern __shared__ __align__(128) char smem[];
+  const auto s = gemm::WgSmem<Cfg>::from(smem);
+  const int b = blockIdx.z;
+  const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
+  const auto* x = static_cast<const __nv_bfloat16*>(a.x) + b * a.sxb;  // [m, k]
+  const auto* w = static_cast<const __nv_bfloat16*>(a.w) + b * a.swb;  // [n, k]
+  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x)
+    s.a_row()[r] = (m0 + r < a.m) ? x + int64_t(m0 + r) * a.sxm : nullptr;
+  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x)
+    s.b_row()[c] = (n0 + c < a.n) ? w + int64_t(n0 + c) * a.swn : nullptr;
+  __syncthreads();
+  gemm::wg_tile<Cfg>(s, a.k);
+  TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
+  if (a.vec_out) {  // 4 columns per thread and step: one 16-byte C read, one vector store
+    constexpr int kQuads = Cfg::BN / 4;
+    for (int i = threadIdx.x; i < Cfg::BM * kQuads; i += blockDim.x) {
+      const int r = i / kQuads, c = (i % kQuads) * 4;
+      if (m0 + r >= a.m || n0 + c >= a.n) continue;
+      TOut* o = out + int64_t(m0 + r) * a.som + (n0 + c);
+      const float4 cv = *reinterpret_cast<const float4*>(&s.c(r, c));
+      const float f[4] = {a.alpha * cv.x, a.alpha * cv.y, a.alpha * cv.z, a.alpha * cv.w};
+      if (n0 + c + 4 <= a.n) {
+        Vec4<TOut> ov;
+        if (a.accumulate) ov = *reinterpret_cast<const Vec4<TOut>*>(o);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) ov.v[q] = from_f32<TOut>(a.accumulate ? to_f32(ov.v[q]) + f[q] : f[q]);
+        *reinterpret_cast<Vec4<TOut>*>(o) = ov;
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)  // constant indices keep f in registers
+          if (n0 + c + q < a.n) o[q] = from_f32<TOut>(a.accumulate ? to_f32(o[q]) + f[q] : f[q]);
+      }
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < Cfg::BM * Cfg::BN; i += blockDim.x) {
     const int r = i / Cfg::BN, c = i % Cfg::BN;
     if (m0 + r >= a.m || n0 + c >= a.n) continue;
@@ -118,6 +174,16 @@ cudaError_t launch_pipe(const DenseArgs& a, int batch, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <class Cfg, class TOut>
+cudaError_t launch_wg(const DenseArgs& a, int batch, cudaStream_t stream) {
+  auto* kernel = dense_wg_kernel<Cfg, TOut>;
+  const cudaError_t e = gemm::wg_prepare<Cfg>(kernel);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(ceil_div(a.n, Cfg::BN), ceil_div(a.m, Cfg::BM), batch);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
 // Streaming multiprocessors of the current device (the tile choice wants two waves).
 int sm_count() {
   int dev = 0, n = 0;
@@ -138,13 +204,18 @@ cudaError_t launch_bf16(const DenseArgs& a, int batch, bool vec, cudaStream_t st
     launch_mma<gemm::TileLarge, TOut>(a, batch, vec, stream);
     return cudaGetLastError();
   }
+  const int64_t wide_blocks = int64_t(ceil_div(a.m, 128)) * ceil_div(a.n, 256) * batch;
+  if (t == gemm::PipeTile::kAuto && a.m > 64 && gemm::wgmma_enabled())
+    t = wide_blocks >= 2 * int64_t(sm_count()) ? gemm::PipeTile::kWgWide : gemm::PipeTile::kWgSquare;
   if (t == gemm::PipeTile::kAuto) {
-    const int64_t wide_blocks = int64_t(ceil_div(a.m, 128)) * ceil_div(a.n, 256) * batch;
     t = a.m <= 64                          ? gemm::PipeTile::kShort
         : wide_blocks >= 2 * int64_t(sm_count()) ? gemm::PipeTile::kWide
                                                : gemm::PipeTile::kSquare;
   }
+  if (!gemm::wgmma_available()) t = gemm::pipe_equivalent(t);
   switch (t) {
+    case gemm::PipeTile::kWgWide: return launch_wg<gemm::WgWide, TOut>(a, batch, stream);
+    case gemm::PipeTile::kWgSquare: return launch_wg<gemm::WgSquare, TOut>(a, batch, stream);
     case gemm::PipeTile::kWide: return launch_pipe<gemm::PipeWide, TOut>(a, batch, stream);
     case gemm::PipeTile::kWide4: return launch_pipe<gemm::PipeWide4, TOut>(a, batch, stream);
     case gemm::PipeTile::kShort: return launch_pipe<gemm::PipeShort, TOut>(a, batch, stream);
@@ -164,6 +235,8 @@ PipeTile pipe_tile_override() {
   if (std::strcmp(v, "wmma") == 0) return PipeTile::kWmma;
   if (std::strcmp(v, "square") == 0) return PipeTile::kSquare;
   if (std::strcmp(v, "short") == 0) return PipeTile::kShort;
+  if (std::strcmp(v, "wgmma") == 0) return PipeTile::kWgWide;
+  if (std::strcmp(v, "wgsq") == 0) return PipeTile::kWgSquare;
   return PipeTile::kAuto;
 }
 }  // namespace gemm
@@ -175,6 +248,7 @@ cudaError_t launch_matmul(const ops::MatmulParams& p, cudaStream_t stream) {
   a.out = p.out.data; a.sob = p.out.stride[0]; a.som = p.out.stride[1]; a.son = p.out.stride[2];
   a.m = int(p.x.shape[1]); a.n = int(p.w.shape[1]); a.k = int(p.x.shape[2]);
   a.alpha = p.alpha; a.accumulate = p.accumulate;
+  a.vec_out = a.son == 1 && aligned16(a.out) && a.som % 4 == 0 && a.sob % 4 == 0;
   const int batch = int(p.x.shape[0]);
   if (a.m == 0 || a.n == 0 || batch == 0) return cudaSuccess;
   if (p.x.dtype == DType::kBF16 && p.w.dtype == DType::kBF16) {

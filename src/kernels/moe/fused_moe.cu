@@ -5,6 +5,7 @@
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/mma_pipeline.cuh"
 #include "kernels/gemm/mma_tile.cuh"
+#include "kernels/gemm/wgmma_pipeline.cuh"
 #include "kernels/moe/moe.h"
 #include "kernels/moe/moe_decode.h"
 
@@ -141,6 +142,34 @@ __global__ void __launch_bounds__(gemm::kPipeThreads, Cfg::MIN_BLOCKS) moe_gemm2
   moe_epilogue2<Cfg::BM, Cfg::BN>(a, t, n0, slot, [&](int r, int c) { return s.c(r, c); });
 }
 
+// The same two GEMMs on the wgmma mainloop (wgmma_pipeline.cuh, sm_90a): 128-row tiles.
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::MIN_BLOCKS) moe_gemm13_wg_kernel(MoeGemmArgs a) {
+  extern __shared__ __align__(128) char smem[];
+  const auto s = gemm::WgSmem<Cfg>::from(smem);
+  if (int(blockIdx.y) >= *a.al.num_tiles) return;
+  const MoeTile t = moe_tile<Cfg::BM>(a.al, blockIdx.y);
+  const int i0 = blockIdx.x * (Cfg::BN / 2);
+  moe_rows13<Cfg::BM, Cfg::BN>(a, t, i0, s.a_row(), s.b_row());
+  __syncthreads();
+  gemm::wg_tile<Cfg>(s, a.hidden);
+  moe_epilogue13<Cfg::BM, Cfg::BN>(a, t, i0, [&](int r, int c) { return s.c(r, c); });
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::MIN_BLOCKS) moe_gemm2_wg_kernel(MoeGemmArgs a) {
+  extern __shared__ __align__(128) char smem[];
+  __shared__ int slot[Cfg::BM];
+  const auto s = gemm::WgSmem<Cfg>::from(smem);
+  if (int(blockIdx.y) >= *a.al.num_tiles) return;
+  const MoeTile t = moe_tile<Cfg::BM>(a.al, blockIdx.y);
+  const int n0 = blockIdx.x * Cfg::BN;
+  moe_rows2<Cfg::BM, Cfg::BN>(a, t, n0, s.a_row(), s.b_row(), slot);
+  __syncthreads();
+  gemm::wg_tile<Cfg>(s, a.inter);
+  moe_epilogue2<Cfg::BM, Cfg::BN>(a, t, n0, slot, [&](int r, int c) { return s.c(r, c); });
+}
+
 // out[t, :] = sum over local slots j in order of w[t, j] * y[t * top_k + j, :], one rounding.
 template <class TOut>
 __global__ void moe_combine_kernel(const float* y, const int32_t* ids, int64_t s_ids, const float* weights,
@@ -183,9 +212,21 @@ cudaError_t launch_pipe_gemms(const MoeGemmArgs& a, int max_tiles, cudaStream_t 
   return cudaGetLastError();
 }
 
+template <class Cfg>
+cudaError_t launch_wg_gemms(const MoeGemmArgs& a, int max_tiles, cudaStream_t stream) {
+  auto* k13 = moe_gemm13_wg_kernel<Cfg>;
+  auto* k2 = moe_gemm2_wg_kernel<Cfg>;
+  cudaError_t e = gemm::wg_prepare<Cfg>(k13);
+  if (e == cudaSuccess) e = gemm::wg_prepare<Cfg>(k2);
+  if (e != cudaSuccess) return e;
+  k13<<<dim3(ceil_div(a.inter, Cfg::BN / 2), max_tiles), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
+  k2<<<dim3(ceil_div(a.hidden, Cfg::BN), max_tiles), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
 // Row-tile choice for the grouped GEMMs from the mean rows per active expert. Every choice
 // gives the same bits (mma_pipeline.cuh); `pipe` = operands fit the pipelined tiles.
-enum class MoeTileKind { kSmall, kLarge, kShort, kSquare, kWide, kWide4 };
+enum class MoeTileKind { kSmall, kLarge, kShort, kSquare, kWide, kWide4, kWgSquare, kWgWide };
 MoeTileKind moe_tile_kind(int slots, int active, int inter, bool pipe) {
   if (slots <= 16 * active) return MoeTileKind::kSmall;
   const gemm::PipeTile forced = gemm::pipe_tile_override();
@@ -197,11 +238,23 @@ MoeTileKind moe_tile_kind(int slots, int active, int inter, bool pipe) {
     case gemm::PipeTile::kShort: return MoeTileKind::kShort;
     default: break;
   }
+  if (gemm::wgmma_available()) {
+    switch (forced) {
+      case gemm::PipeTile::kWgWide: return MoeTileKind::kWgWide;
+      case gemm::PipeTile::kWgSquare: return MoeTileKind::kWgSquare;
+      default: break;
+    }
+  } else if (gemm::pipe_equivalent(forced) != forced) {
+    return gemm::pipe_equivalent(forced) == gemm::PipeTile::kWide ? MoeTileKind::kWide : MoeTileKind::kSquare;
+  }
   // Measured on an H100 (docs/kernels/fused_moe.md): 64x128 up to 64 rows per expert; then
   // 128x128, whose two blocks per SM overlap one's epilogue with the other's mainloop (it beat
   // 128x256 by 5-8% on Qwen3-30B-A3B, inter 768, up to 16384 tokens); 128x256 only for long
   // rows on both GEMMs (Mixtral-like inter), where it behaves like the dense GEMM (gemm.md).
+  // The same split on the wgmma mainloop where available (same bits: tests/cuda_ops/wgmma_test.cpp).
   if (slots <= 64 * active) return MoeTileKind::kShort;
+  if (gemm::wgmma_enabled())
+    return (slots > 256 * active && inter >= 4096) ? MoeTileKind::kWgWide : MoeTileKind::kWgSquare;
   return (slots > 256 * active && inter >= 4096) ? MoeTileKind::kWide : MoeTileKind::kSquare;
 }
 int moe_tile_rows(MoeTileKind k) {
@@ -210,6 +263,8 @@ int moe_tile_rows(MoeTileKind k) {
     case MoeTileKind::kLarge: return gemm::TileLarge::BM;
     case MoeTileKind::kShort: return gemm::PipeShort::BM;
     case MoeTileKind::kSquare: return gemm::PipeSquare::BM;
+    case MoeTileKind::kWgSquare: return gemm::WgSquare::BM;
+    case MoeTileKind::kWgWide: return gemm::WgWide::BM;
     default: return gemm::PipeWide::BM;
   }
 }
@@ -221,6 +276,8 @@ cudaError_t launch_moe_gemms(MoeTileKind k, const MoeGemmArgs& a, int max_tiles,
     case MoeTileKind::kShort: return launch_pipe_gemms<gemm::PipeShort>(a, max_tiles, stream);
     case MoeTileKind::kSquare: return launch_pipe_gemms<gemm::PipeSquare>(a, max_tiles, stream);
     case MoeTileKind::kWide4: return launch_pipe_gemms<gemm::PipeWide4>(a, max_tiles, stream);
+    case MoeTileKind::kWgSquare: return launch_wg_gemms<gemm::WgSquare>(a, max_tiles, stream);
+    case MoeTileKind::kWgWide: return launch_wg_gemms<gemm::WgWide>(a, max_tiles, stream);
     default: return launch_pipe_gemms<gemm::PipeWide>(a, max_tiles, stream);
   }
 }
