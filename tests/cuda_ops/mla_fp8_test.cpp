@@ -10,55 +10,29 @@
 #include <string>
 #include <vector>
 
-#include "cuda_ops/cuda_ops_util.h"
+#include "cuda_ops/mla_test_util.h"
 
 namespace moex::test {
 namespace {
 
-constexpr int kDk = 576, kRank = 512;
+constexpr int kDk = kMlaDk, kRank = kMlaRank;
 constexpr double kTolBf16 = 5e-3;
-
-struct Seq {
-  int seq_len, q_len;
-};
+using Seq = MlaSeq;
 
 class MlaFp8Test : public CudaOpsTest {
  protected:
   // The latent rows of every owned slot (bf16, per-token magnitudes 0.1 .. 10, the rope part 4x
   // larger) quantized into an e4m3 pool by both backends' cache_write; checks they agree.
   struct Pool {
-    HostTensor block_table, seq_lens, query_start, f8, scale;  // f8 [pages, page, 576], scale [pages, page]
+    MlaPageTable table;
+    HostTensor f8, scale;  // [pages, page, 576] e4m3, [pages, page] f32
     DeviceTensor d_f8, d_scale;
-    int64_t n = 0;
   };
   Pool make_pool(const std::vector<Seq>& seqs, int page_size, int64_t extra_cols) {
     Pool s;
-    int64_t used = 0, max_pages = 1;
-    for (const Seq& q : seqs) {
-      const int64_t p = (q.seq_len + page_size - 1) / page_size;
-      used += p;
-      max_pages = std::max(max_pages, p + extra_cols);
-    }
-    const int64_t pages = used + 2, slots = pages * page_size;
-    std::vector<int32_t> perm(size_t(pages), 0);
-    for (int64_t i = 0; i < pages; ++i) perm[size_t(i)] = int32_t(i);
-    for (int64_t i = pages - 1; i > 0; --i) std::swap(perm[size_t(i)], perm[size_t(rng_.uniform_int(0, int(i)))]);
-    const int64_t num_seqs = int64_t(seqs.size());
-    s.block_table = host_tensor(DType::kI32, {num_seqs, max_pages});
-    std::vector<int32_t> lens, starts{0}, owned;
-    size_t next = 0;
-    for (int64_t i = 0; i < num_seqs; ++i) {
-      const int64_t p = (seqs[size_t(i)].seq_len + page_size - 1) / page_size;
-      for (int64_t j = 0; j < max_pages; ++j)
-        s.block_table.i32(i * max_pages + j) = j < p ? perm[next++] : perm[size_t(pages - 1)];
-      for (int pos = 0; pos < seqs[size_t(i)].seq_len; ++pos)
-        owned.push_back(s.block_table.i32(i * max_pages + pos / page_size) * page_size + pos % page_size);
-      lens.push_back(seqs[size_t(i)].seq_len);
-      starts.push_back(starts.back() + seqs[size_t(i)].q_len);
-    }
-    s.seq_lens = host_i32(lens);
-    s.query_start = host_i32(starts);
-    s.n = starts.back();
+    s.table = make_mla_page_table(rng_, seqs, page_size, extra_cols);
+    const std::vector<int32_t>& owned = s.table.owned_slots;
+    const int64_t pages = s.table.pages, slots = pages * page_size;
     const int64_t rows = int64_t(owned.size());
     HostTensor src = host_tensor(DType::kBF16, {rows, kDk});
     for (int64_t r = 0; r < rows; ++r) {
@@ -99,48 +73,23 @@ class MlaFp8Test : public CudaOpsTest {
   void check(const std::string& name, const std::vector<Seq>& seqs, int heads, int page_size, int64_t extra_cols = 1) {
     SCOPED_TRACE(name + " heads " + std::to_string(heads) + " page " + std::to_string(page_size) + " seed " +
                  std::to_string(seed_));
-    Pool s = make_pool(seqs, page_size, extra_cols);
+    Pool pool = make_pool(seqs, page_size, extra_cols);
+    const MlaPageTable& s = pool.table;
     HostTensor q = host_random(DType::kBF16, {s.n, heads, kDk}, rng_, -1.f, 1.f);
     HostTensor ref = host_tensor(DType::kBF16, {s.n, heads, kRank});
     HostTensor ref_lse = host_tensor(DType::kF32, {s.n, heads});
     ops::MlaAttentionParams p;
-    p.q = q.t; p.cache = s.f8.t; p.cache_scale = s.scale.t; p.out = ref.t; p.lse = ref_lse.t;
+    p.q = q.t; p.cache = pool.f8.t; p.cache_scale = pool.scale.t; p.out = ref.t; p.lse = ref_lse.t;
     p.seqs = seqs_of(s.block_table.t, s.seq_lens.t, s.query_start.t, page_size);
     p.kv_lora_rank = kRank;
     p.scale = 1.f / std::sqrt(192.f) * rng_.uniform(0.3f, 1.f);
     MOEX_ASSERT_OK(cpu_->mla_attention(p));
 
-    DeviceTensor bt = to_device(*gpu_, s.block_table), lens = to_device(*gpu_, s.seq_lens);
-    DeviceTensor starts = to_device(*gpu_, s.query_start), dq = to_device(*gpu_, q);
-    DeviceTensor dout = device_poisoned(*gpu_, DType::kBF16, {s.n, heads, kRank});
-    DeviceTensor dlse = device_poisoned(*gpu_, DType::kF32, {s.n, heads});
-    p.q = dq.t; p.cache = s.d_f8.t; p.cache_scale = s.d_scale.t; p.out = dout.t; p.lse = dlse.t;
-    p.seqs = seqs_of(bt.t, lens.t, starts.t, page_size);
-    MOEX_ASSERT_OK(gpu_->mla_attention(p));
-    HostTensor all = to_host(*gpu_, dout);
-    HostTensor all_lse = to_host(*gpu_, dlse);
-    EXPECT_LT(rel_l2(all, ref), kTolBf16);
-    EXPECT_LT(rel_l2(all_lse, ref_lse), 1e-5);
-
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      const int64_t q0 = s.query_start.i32(int64_t(i)), q1 = s.query_start.i32(int64_t(i) + 1);
-      if (q1 == q0) continue;
-      DeviceTensor dst = to_device(*gpu_, host_i32({0, int32_t(q1 - q0)}));
-      DeviceTensor dpart = device_poisoned(*gpu_, DType::kBF16, {q1 - q0, heads, kRank});
-      DeviceTensor dpl = device_poisoned(*gpu_, DType::kF32, {q1 - q0, heads});
-      ops::MlaAttentionParams one = p;
-      one.q = dq.t.slice(0, q0, q1);
-      one.out = dpart.t;
-      one.lse = dpl.t;
-      one.seqs = seqs_of(bt.t.slice(0, int64_t(i), int64_t(i) + 1), lens.t.slice(0, int64_t(i), int64_t(i) + 1), dst.t,
-                         page_size);
-      MOEX_ASSERT_OK(gpu_->mla_attention(one));
-      HostTensor part = to_host(*gpu_, dpart), part_lse = to_host(*gpu_, dpl);
-      for (int64_t r = 0; r < q1 - q0; ++r) {
-        ASSERT_TRUE(rows_bit_equal(part, r, all, q0 + r)) << "sequence " << i << " row " << r << " alone vs in the batch";
-        ASSERT_TRUE(rows_bit_equal(part_lse, r, all_lse, q0 + r)) << "lse of sequence " << i << " row " << r;
-      }
-    }
+    DeviceTensor dq = to_device(*gpu_, q);
+    p.q = dq.t;
+    p.cache = pool.d_f8.t;
+    p.cache_scale = pool.d_scale.t;
+    expect_gpu_mla_matches(*gpu_, p, s, page_size, heads, ref, ref_lse, kTolBf16);
   }
 };
 
