@@ -102,6 +102,20 @@ Expected<HostTensor> download(Backend& be, const void* src, DType dtype, std::in
   return h;
 }
 
+Expected<HostTensor> download_pages(Backend& be, const Tensor& cache, const std::vector<int32_t>& pages) {
+  HostTensor h;
+  h.t = cache;
+  h.t.shape[0] = int64_t(pages.size());
+  h.t.device = DeviceType::kCpu;
+  const size_t page_bytes = size_t(cache.stride[0]) * dtype_size(cache.dtype);
+  h.bytes.resize(pages.size() * page_bytes);
+  h.t.data = h.bytes.data();
+  for (size_t i = 0; i < pages.size(); ++i)
+    MOEX_RETURN_IF_ERROR(be.copy_to_host(h.bytes.data() + i * page_bytes, cache.at({pages[i]}), page_bytes));
+  MOEX_RETURN_IF_ERROR(be.synchronize());
+  return h;
+}
+
 Expected<HostTensor> download(Backend& be, const Tensor& t) {
   if (!t.is_contiguous()) return invalid_argument("download of " + t.shape_string() + ": tensor must be contiguous");
   HostTensor h;

@@ -67,6 +67,9 @@ Status fill_nan_device(Backend& be, const Tensor& t);
 Expected<HostTensor> download(Backend& be, const void* src, DType dtype, std::initializer_list<int64_t> shape);
 // A host copy of a contiguous device tensor (up to 4 dims).
 Expected<HostTensor> download(Backend& be, const Tensor& t);
+// The listed device pages of a paged cache [pages, page, ...] as a compact host cache whose
+// page i is device page pages[i].
+Expected<HostTensor> download_pages(Backend& be, const Tensor& cache, const std::vector<int32_t>& pages);
 
 // Relative L2 error ||got - want|| / max(||want||, tiny); +inf when `got` has a NaN or Inf.
 double rel_l2_error(const HostTensor& got, const std::vector<double>& want);

@@ -69,21 +69,6 @@ Status upload_seqs(Backend& be, Workload* w, const PagedLayout& l, ops::PagedSeq
   return Status::ok();
 }
 
-// Copies the listed device pages of a cache [pages, page, ...] into a compact host cache.
-Expected<HostTensor> download_pages(Backend& be, const Tensor& cache, const std::vector<int32_t>& pages) {
-  HostTensor h;
-  h.t = cache;
-  h.t.shape[0] = int64_t(pages.size());
-  h.t.device = DeviceType::kCpu;
-  const size_t page_bytes = size_t(cache.stride[0]) * dtype_size(cache.dtype);
-  h.bytes.resize(pages.size() * page_bytes);
-  h.t.data = h.bytes.data();
-  for (size_t i = 0; i < pages.size(); ++i)
-    MOEX_RETURN_IF_ERROR(be.copy_to_host(h.bytes.data() + i * page_bytes, cache.at({pages[i]}), page_bytes));
-  MOEX_RETURN_IF_ERROR(be.synchronize());
-  return h;
-}
-
 struct AttentionDims {
   int64_t batch, kv_len, q_len, page;
 };

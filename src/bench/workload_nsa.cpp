@@ -147,21 +147,6 @@ Expected<std::unique_ptr<Workload>> forward_workload(Backend& be, const BenchCas
   return w;
 }
 
-// Copies pages [.., page, H, D] of a device cache into a compact host cache (page i = pages[i]).
-Expected<HostTensor> pages_to_host(Backend& be, const Tensor& cache, const std::vector<int32_t>& pages) {
-  HostTensor h;
-  h.t = cache;
-  h.t.shape[0] = int64_t(pages.size());
-  h.t.device = DeviceType::kCpu;
-  const size_t page_bytes = size_t(cache.stride[0]) * dtype_size(cache.dtype);
-  h.bytes.resize(pages.size() * page_bytes);
-  h.t.data = h.bytes.data();
-  for (size_t i = 0; i < pages.size(); ++i)
-    MOEX_RETURN_IF_ERROR(be.copy_to_host(h.bytes.data() + i * page_bytes, cache.at({pages[i]}), page_bytes));
-  MOEX_RETURN_IF_ERROR(be.synchronize());
-  return h;
-}
-
 Expected<std::unique_ptr<Workload>> decode_workload(Backend& be, const BenchCase& c, const NsaShape& s, uint64_t seed,
                                                     WorkloadCache* cache) {
   const DType act = be.activation_dtype();
@@ -232,8 +217,8 @@ Expected<std::unique_ptr<Workload>> decode_workload(Backend& be, const BenchCase
     MOEX_ASSIGN_OR_RETURN(HostTensor kc, download_rows(*bp, p.k_cmp_cache, seqs));
     MOEX_ASSIGN_OR_RETURN(HostTensor vc, download_rows(*bp, p.v_cmp_cache, seqs));
     std::vector<int32_t> used(perm.begin(), perm.begin() + seqs * max_pages);
-    MOEX_ASSIGN_OR_RETURN(HostTensor kp, pages_to_host(*bp, p.k_cache, used));
-    MOEX_ASSIGN_OR_RETURN(HostTensor vp, pages_to_host(*bp, p.v_cache, used));
+    MOEX_ASSIGN_OR_RETURN(HostTensor kp, download_pages(*bp, p.k_cache, used));
+    MOEX_ASSIGN_OR_RETURN(HostTensor vp, download_pages(*bp, p.v_cache, used));
     std::vector<double> want;
     if (bp->device() != DeviceType::kCpu) {
       HostTensor bt(DType::kI32, {seqs, max_pages}), lens(DType::kI32, {seqs}), qs(DType::kI32, {seqs + 1}),
