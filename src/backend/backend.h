@@ -14,6 +14,7 @@
 #include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/nsa.h"
+#include "ops/prefill_attention.h"
 #include "ops/rope.h"
 #include "ops/routing.h"
 #include "ops/sampling.h"
@@ -73,6 +74,7 @@ class Backend {
   virtual Status mla_attention(const ops::MlaAttentionParams& p) = 0;
   virtual Status nsa_forward(const ops::NsaForwardParams& p) = 0;
   virtual Status nsa_decode(const ops::NsaDecodeParams& p) = 0;
+  virtual Status prefill_attention(const ops::PrefillAttentionParams& p) = 0;
   virtual Status sample(const ops::SampleParams& p) = 0;
 };
 

@@ -82,6 +82,9 @@ class CpuBackend final : public Backend {
   Status nsa_decode(const ops::NsaDecodeParams& p) override {
     return guarded("nsa_decode", [&] { return cpu::nsa_decode(ctx_, p); });
   }
+  Status prefill_attention(const ops::PrefillAttentionParams& p) override {
+    return guarded("prefill_attention", [&] { return cpu::prefill_attention(ctx_, p); });
+  }
   Status sample(const ops::SampleParams& p) override { return guarded("sample", [&] { return cpu::sample(ctx_, p); }); }
 
  private:

@@ -9,6 +9,7 @@
 #include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/nsa.h"
+#include "ops/prefill_attention.h"
 #include "ops/rope.h"
 #include "ops/routing.h"
 #include "ops/sampling.h"
@@ -29,6 +30,7 @@ Status gqa_attention(const Ctx& ctx, const ops::GqaAttentionParams& p);
 Status mla_attention(const Ctx& ctx, const ops::MlaAttentionParams& p);
 Status nsa_forward(const Ctx& ctx, const ops::NsaForwardParams& p);  // nsa.cpp
 Status nsa_decode(const Ctx& ctx, const ops::NsaDecodeParams& p);    // nsa.cpp
+Status prefill_attention(const Ctx& ctx, const ops::PrefillAttentionParams& p);  // prefill_attention.cpp
 Status sample(const Ctx& ctx, const ops::SampleParams& p);           // sampling.cpp
 
 }  // namespace moex::cpu
