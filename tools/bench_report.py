@@ -21,7 +21,7 @@ from collections import defaultdict
 # The x axis of each op's plots and the field that splits attention lines by batch.
 # A tuple: the first field present in a model's records (NSA forward by length, decode by batch).
 X_FIELD = {"fused_moe": "tokens", "rms_norm": "tokens", "mla_decode": "kv_len", "gqa_decode": "kv_len",
-           "nsa": ("seq_len", "batch")}
+           "nsa": ("seq_len", "batch"), "prefill_attention": "seq_len"}
 # Shape fields computed by the benchmark, not chosen by the case file.
 DERIVED = {"experts_hit", "slots"}
 

@@ -3,13 +3,13 @@
 # the embedded model on the GPU against its pinned CPU output, roofline ceilings, operator
 # benchmarks (with --check against the CPU reference), operator test sets on the GPU, the
 # end-to-end benchmark, and the report. Results land in bench/results/<gpu>/ and OUTDIR.
-#   tools/device_bench.sh OUTDIR [steps...]   steps: run roofline moe mla gqa nsa testsets e2e report
+#   tools/device_bench.sh OUTDIR [steps...]   steps: run roofline moe mla gqa nsa prefill testsets e2e report
 # Env: MOEX_GIT_COMMIT (recorded in every JSON record when the tree has no .git).
 set -uo pipefail
 out="${1:?usage: tools/device_bench.sh OUTDIR [steps...]}"
 shift
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(run roofline moe mla gqa nsa testsets e2e report)
+[ ${#steps[@]} -eq 0 ] && steps=(run roofline moe mla gqa nsa prefill testsets e2e report)
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$(dirname "$0")/.."
@@ -49,6 +49,7 @@ if has nsa; then  # NSA at 64K: 50 timed launches (issue 5); full attention on t
   step bench_nsa 300 $moex bench ops --op nsa --device cuda --check --repeat 50 --cases bench/cases/nsa.json
   step bench_nsa_full_attention 120 $moex bench ops --op gqa_decode --device cuda --repeat 20 --cases bench/cases/nsa.json
 fi
+has prefill && step bench_prefill_attention 150 $moex bench ops --op prefill_attention --device cuda --check
 if has testsets; then
   step testset_fused_moe 150 $moex test-set --op fused_moe --device cuda --quiet
   step testset_mla_decode 150 $moex test-set --op mla_decode --device cuda --quiet
