@@ -3,9 +3,11 @@
 // pooling and given compressed KV, head dims 64/128/192+128, f32 and bf16), outputs poisoned with
 // NaN first. sel_idx must match the CPU exactly, except where the selections differ only by
 // blocks whose importances (recomputed here in double) are a near tie (relative difference
-// < 1e-5): those groups are then left out of the out / out_sel comparison. Decode must give the
-// forward op's last row (bit for bit with an f32 compressed cache) and complete the compressed
-// cache; a sequence's rows have the same bits alone as inside a batch.
+// < 1e-5): those groups are then left out of the out / out_sel comparison. Decode (split-KV
+// kernels, nsa_decode_split.h) must match the CPU decode and, with an f32 compressed cache, the
+// forward op's last row (within tolerance, sel_idx except near ties), complete the compressed
+// cache, and give the same bits run after run and alone as inside batches of 3 and 11; a forward
+// sequence's rows have the same bits alone as inside a batch.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -350,18 +352,54 @@ class NsaTest : public CudaOpsTest {
     HostTensor ckcc = kcc, cvcc = vcc;
     ckcc.t.data = ckcc.bytes.data(); cvcc.t.data = cvcc.bytes.data();
     HostTensor ref = host_tensor(c.out, {B, c.hq, c.dv}), ref_sel = host_tensor(DType::kI32, {B, c.h, cfg.select_n});
+    HostTensor ref_cmp = host_tensor(DType::kF32, {B, c.hq, c.dv}), ref_osel = host_tensor(DType::kF32, {B, c.hq, c.dv});
+    HostTensor ref_win = host_tensor(DType::kF32, {B, c.hq, c.dv});
     ops::NsaDecodeParams pc = make(q.t, gates.t, kc.t, vc.t, bt.t, hlens.t, hstarts.t, ckcc.t, cvcc.t, hrows.t);
-    pc.out = ref.t; pc.sel_idx = ref_sel.t;
+    pc.out = ref.t; pc.sel_idx = ref_sel.t; pc.out_cmp = ref_cmp.t; pc.out_sel = ref_osel.t; pc.out_win = ref_win.t;
     MOEX_ASSERT_OK(cpu_->nsa_decode(pc));
-    // GPU decode.
-    DeviceTensor dq = to_device(*gpu_, q), dg = to_device(*gpu_, gates), dk = to_device(*gpu_, kc), dv = to_device(*gpu_, vc);
-    DeviceTensor dbt = to_device(*gpu_, bt), dl = to_device(*gpu_, hlens), ds = to_device(*gpu_, hstarts), dr = to_device(*gpu_, hrows);
+    // GPU decode of the sequences `ids` (in that order) as one batch; the block table is only as
+    // wide as they need, so the kernels' bound on the length changes with the batch too. The
+    // compressed caches are shared: a rerun writes the closed blocks again with the same values.
+    DeviceTensor dk = to_device(*gpu_, kc), dv = to_device(*gpu_, vc);
     DeviceTensor dkcc = to_device(*gpu_, kcc), dvcc = to_device(*gpu_, vcc);
-    DeviceTensor out = device_poisoned(*gpu_, c.out, {B, c.hq, c.dv}), sel = device_poisoned(*gpu_, DType::kI32, {B, c.h, cfg.select_n});
-    ops::NsaDecodeParams pg = make(dq.t, dg.t, dk.t, dv.t, dbt.t, dl.t, ds.t, dkcc.t, dvcc.t, dr.t);
-    pg.out = out.t; pg.sel_idx = sel.t;
-    MOEX_ASSERT_OK(gpu_->nsa_decode(pg));
-    const HostTensor got = to_host(*gpu_, out), got_sel = to_host(*gpu_, sel);
+    // Branch outputs (f32) are asked for on the whole-batch run only.
+    HostTensor got_cmp, got_osel, got_win;
+    auto run_gpu = [&](const std::vector<int>& ids, bool branches = false) {
+      const int64_t n = int64_t(ids.size());
+      int64_t width = 1;
+      for (int s : ids) width = std::max<int64_t>(width, (c.lens[size_t(s)] + page_size - 1) / page_size);
+      HostTensor sq = host_tensor(c.in, {n, c.hq, c.dk}), sg = host_tensor(c.in, {n, c.hq, 3});
+      HostTensor sbt = host_tensor(DType::kI32, {n, width});
+      std::vector<int32_t> srows, slens, sstarts{0};
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t s = ids[size_t(r)];
+        for (int64_t x = 0; x < c.hq * c.dk; ++x) sq.set(r * c.hq * c.dk + x, q.get(s * c.hq * c.dk + x));
+        for (int64_t x = 0; x < c.hq * 3; ++x) sg.set(r * c.hq * 3 + x, gates.get(s * c.hq * 3 + x));
+        for (int64_t pg = 0; pg < width; ++pg) sbt.i32(r * width + pg) = bt.i32(s * max_pages + pg);
+        srows.push_back(rows[size_t(s)]); slens.push_back(lens[size_t(s)]); sstarts.push_back(int32_t(r + 1));
+      }
+      DeviceTensor dq = to_device(*gpu_, sq), dg = to_device(*gpu_, sg), dbt = to_device(*gpu_, sbt);
+      DeviceTensor dl = to_device(*gpu_, host_i32(slens)), ds = to_device(*gpu_, host_i32(sstarts));
+      DeviceTensor dr = to_device(*gpu_, host_i32(srows));
+      DeviceTensor out = device_poisoned(*gpu_, c.out, {n, c.hq, c.dv});
+      DeviceTensor sel = device_poisoned(*gpu_, DType::kI32, {n, c.h, cfg.select_n});
+      ops::NsaDecodeParams pg = make(dq.t, dg.t, dk.t, dv.t, dbt.t, dl.t, ds.t, dkcc.t, dvcc.t, dr.t);
+      pg.out = out.t; pg.sel_idx = sel.t;
+      DeviceTensor ocmp, osel, owin;
+      if (branches) {
+        ocmp = device_poisoned(*gpu_, DType::kF32, {n, c.hq, c.dv});
+        osel = device_poisoned(*gpu_, DType::kF32, {n, c.hq, c.dv});
+        owin = device_poisoned(*gpu_, DType::kF32, {n, c.hq, c.dv});
+        pg.out_cmp = ocmp.t; pg.out_sel = osel.t; pg.out_win = owin.t;
+      }
+      const Status st = gpu_->nsa_decode(pg);
+      EXPECT_TRUE(st.is_ok()) << st.message();
+      if (branches) { got_cmp = to_host(*gpu_, ocmp); got_osel = to_host(*gpu_, osel); got_win = to_host(*gpu_, owin); }
+      return std::pair<HostTensor, HostTensor>(to_host(*gpu_, out), to_host(*gpu_, sel));
+    };
+    std::vector<int> all(static_cast<size_t>(B));
+    for (int64_t s = 0; s < B; ++s) all[size_t(s)] = int(s);
+    const auto [got, got_sel] = run_gpu(all, true);
     const HostTensor got_kcc = to_host(*gpu_, dkcc), got_vcc = to_host(*gpu_, dvcc);
 
     // The closed blocks were written with the f32 means (rounded once to the cache dtype).
@@ -388,15 +426,53 @@ class NsaTest : public CudaOpsTest {
         mismatches, near_ties, first);
     EXPECT_EQ(mismatches, 0) << "decode sel_idx differs first at " << first;
     EXPECT_LT(rel_l2_skip(c, got, ref, skip), tol_of(c)) << "decode out vs cpu";
+    {
+      const std::vector<char> none(skip.size(), 0);
+      const double tol_f32 = c.in == DType::kF32 ? 2e-5 : 5e-3;  // f32 branch outputs: input rounding only
+      EXPECT_LT(rel_l2_skip(c, got_cmp, ref_cmp, none), tol_f32) << "decode out_cmp vs cpu";
+      EXPECT_LT(rel_l2_skip(c, got_osel, ref_osel, skip), tol_f32) << "decode out_sel vs cpu";
+      EXPECT_LT(rel_l2_skip(c, got_win, ref_win, none), tol_f32) << "decode out_win vs cpu";
+    }
+    if (near_ties > 0) std::printf("  [%s] decode near ties accepted: %d\n", c.name, near_ties);
+
+    // Bits: the same on a rerun, and for each sequence alone and inside a batch of 3 (in the
+    // middle, with the next sequences in reverse order) as inside the whole batch.
+    {
+      const auto [again, again_sel] = run_gpu(all);
+      for (int64_t s = 0; s < B; ++s) {
+        ASSERT_TRUE(rows_bit_equal(again, s, got, s)) << "decode rerun out, sequence " << s;
+        ASSERT_TRUE(rows_bit_equal(again_sel, s, got_sel, s)) << "decode rerun sel_idx, sequence " << s;
+      }
+    }
+    for (int s = 0; s < int(B); ++s) {
+      const auto [one, one_sel] = run_gpu({s});
+      ASSERT_TRUE(rows_bit_equal(one, 0, got, s)) << "decode alone vs batch out, sequence " << s;
+      ASSERT_TRUE(rows_bit_equal(one_sel, 0, got_sel, s)) << "decode alone vs batch sel_idx, sequence " << s;
+      if (B < 3) continue;
+      const auto [three, three_sel] = run_gpu({int((s + 2) % B), s, int((s + 1) % B)});
+      ASSERT_TRUE(rows_bit_equal(three, 1, got, s)) << "decode in 3 vs batch out, sequence " << s;
+      ASSERT_TRUE(rows_bit_equal(three_sel, 1, got_sel, s)) << "decode in 3 vs batch sel_idx, sequence " << s;
+    }
+
     if (cmp_dtype != DType::kF32 || c.given_cmp) return;
-    // With an f32 compressed cache decode sees the forward's values: same bits as its last rows.
+    // With an f32 compressed cache decode sees the forward's values: its last rows within the
+    // tolerance (the split merges sum in another order), the same blocks except near ties.
     const DeviceInputs d = upload(*gpu_, c, in);
     const Outputs fwd = gpu_forward(*gpu_, c, in, d, 0, c.lens.size());
+    HostTensor fwd_last = host_tensor(c.out, {B, c.hq, c.dv}), fwd_sel = host_tensor(DType::kI32, {B, c.h, cfg.select_n});
     for (int64_t s = 0; s < B; ++s) {
       const int64_t last = in.starts[size_t(s) + 1] - 1;
-      EXPECT_TRUE(rows_bit_equal(got, s, fwd.out, last)) << "decode vs forward out, sequence " << s;
-      EXPECT_TRUE(rows_bit_equal(got_sel, s, fwd.sel_idx, last)) << "decode vs forward sel_idx, sequence " << s;
+      for (int64_t x = 0; x < c.hq * c.dv; ++x) fwd_last.set(s * c.hq * c.dv + x, fwd.out.get(last * c.hq * c.dv + x));
+      for (int64_t x = 0; x < c.h * cfg.select_n; ++x)
+        fwd_sel.i32(s * c.h * cfg.select_n + x) = fwd.sel_idx.i32(last * c.h * cfg.select_n + x);
     }
+    int fwd_mismatches = 0, fwd_ties = 0;
+    std::string fwd_first;
+    const std::vector<char> fwd_skip = compare_selection(
+        c, in, got_sel, fwd_sel, B, [&](int64_t r) { return std::pair<size_t, int64_t>(size_t(r), c.lens[size_t(r)] - 1); },
+        fwd_mismatches, fwd_ties, fwd_first);
+    EXPECT_EQ(fwd_mismatches, 0) << "decode vs forward sel_idx differs first at " << fwd_first;
+    EXPECT_LT(rel_l2_skip(c, got, fwd_last, fwd_skip), tol_of(c)) << "decode out vs forward last rows";
   }
 };
 
@@ -424,13 +500,22 @@ TEST_F(NsaTest, ForwardNoForcedBlocksSmallSelection) {
   check_forward({"no forced n3", 4, 2, 64, 32, cfg_of(32, 32, 32, 3, 64, 0, 0), {500, 31, 33}});
 }
 
-TEST_F(NsaTest, DecodeF32CacheMatchesForward) {
+TEST_F(NsaTest, DecodeF32CacheMatchesForward) {  // several compressed and key splits
   check_decode({"decode f32 cache", 16, 4, 64, 64, cfg_of(32, 16, 64, 8, 100), {1, 31, 32, 48, 64, 200, 1000}}, 16,
                DType::kF32);
 }
 TEST_F(NsaTest, DecodeBf16CacheGroup16) {
   check_decode({"decode bf16 cache", 16, 1, 128, 128, cfg_of(64, 64, 64, 16, 512), {64, 128, 1500, 3000}}, 64,
                DType::kBF16);
+}
+
+// 11 sequences: every compressed split count from 0 to 6, key splits of both branches, window 0
+// (no window splits) beside window 300, group 8; alone, in 3 and in 11 the same bits.
+TEST_F(NsaTest, DecodeBatchOf11SameBits) {
+  check_decode({"decode 11 seqs", 16, 2, 64, 64, cfg_of(32, 16, 32, 12, 300), {5, 33, 47, 64, 100, 1030, 1055, 2100, 3200, 4200, 5200}},
+               32, DType::kF32);
+  check_decode({"decode 11 seqs w0 bf16", 8, 1, 128, 128, cfg_of(64, 32, 64, 6, 0, 1, 1), {1, 64, 65, 96, 127, 128, 2047, 2049, 2080, 2500, 4096}},
+               64, DType::kBF16);
 }
 
 // Not a test: a tiny timing loop of the forward at the shape (run with

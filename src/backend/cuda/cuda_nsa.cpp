@@ -5,6 +5,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "kernels/attention/nsa/nsa.h"
+#include "kernels/attention/nsa/nsa_decode_split.h"
 
 namespace moex {
 namespace {
@@ -204,7 +205,10 @@ Status CudaBackend::nsa_decode(const ops::NsaDecodeParams& p) {
   k.cmp.k_srow = p.k_cmp_cache.stride[0]; k.cmp.k_sj = p.k_cmp_cache.stride[1]; k.cmp.k_sh = p.k_cmp_cache.stride[2];
   k.cmp.v_srow = p.v_cmp_cache.stride[0]; k.cmp.v_sj = p.v_cmp_cache.stride[1]; k.cmp.v_sh = p.v_cmp_cache.stride[2];
   k.cmp.cmp_rows = p.cmp_rows.ptr<int32_t>();
-  MOEX_RETURN_IF_ERROR(check_smem(c, k));
+  // Split-KV kernels (nsa_decode_split.h) where the shape fits them; the one-CTA-per-head
+  // kernels of the forward otherwise.
+  const bool split = knsa::decode_split_supported(k);
+  if (!split) MOEX_RETURN_IF_ERROR(check_smem(c, k));
 
   if (p.update_cmp) {
     knsa::CompressDecode cd;
@@ -214,6 +218,11 @@ Status CudaBackend::nsa_decode(const ops::NsaDecodeParams& p) {
     cd.raw = k.raw;
     cd.cmp = k.cmp;
     MOEX_RETURN_IF_ERROR(cuda_status(knsa::launch_compress_decode(cd, stream_), "cuda nsa_decode: compress launch"));
+  }
+  if (split) {
+    void* base = get(knsa::decode_split_scratch_bytes(k));
+    if (base == nullptr) return c.fail("out of device memory for scratch");
+    return cuda_status(knsa::launch_decode_split(k, base, stream_), "cuda nsa_decode: split attention launch");
   }
   void* base = get(knsa::scratch_bytes(k));
   if (base == nullptr) return c.fail("out of device memory for scratch");
