@@ -19,7 +19,7 @@ summary="$out/summary.txt"
 note() { echo "$*" | tee -a "$summary"; }
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true; nvcc --version 2>&1 | tail -2; cmake --version | head -1; } > "$out/machine.txt"
-note "device_round: $(head -2 "$out/machine.txt" | tail -1) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+note "device_round: $(head -2 "$out/machine.txt" | tail -1) commit ${MOEX_GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}"
 
 prefix_args=()
 [ -d "$root/.deps/prefix" ] && prefix_args=(-DMOEX_EXTRA_PREFIX="$root/.deps/prefix")

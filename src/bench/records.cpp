@@ -88,7 +88,9 @@ Status append_json_records(const std::string& path, const std::vector<nlohmann::
   return write_json_file(path, nlohmann::json(all));
 }
 
+// MOEX_GIT_COMMIT wins: a copied tree (the GPU machine's) can carry a stale .git.
 std::string current_commit() {
+  if (const char* env = std::getenv("MOEX_GIT_COMMIT"); env && *env) return env;
   std::string out;
   if (FILE* f = popen("git rev-parse HEAD 2>/dev/null", "r")) {
     std::array<char, 128> buf{};
@@ -97,7 +99,6 @@ std::string current_commit() {
   }
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r' || out.back() == ' ')) out.pop_back();
   if (out.size() == 40) return out;
-  if (const char* env = std::getenv("MOEX_GIT_COMMIT"); env && *env) return env;
   return "unknown";
 }
 
