@@ -4,13 +4,28 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "kernels/common/scratch.h"
 #include "ops/attention.h"
 
 namespace moex::kernels {
 
-// Keys per split: a fixed constant, so a row's splits (and bits) depend only on its own range.
-constexpr int kAttnSplitKeys = 256;
+// Keys per split, chosen from the row's own key count (its position + 1), so a row's splits (and
+// bits) depend only on itself, never on the batch: short rows split finely (more blocks for few
+// tokens), long rows in 256-key splits (bounded partials for large batches).
+constexpr int kAttnSplitKeysShort = 64, kAttnSplitKeysLong = 256, kAttnShortRowKeys = 4096;
+__host__ __device__ constexpr int attn_split_keys(int row_keys) {
+  return row_keys <= kAttnShortRowKeys ? kAttnSplitKeysShort : kAttnSplitKeysLong;
+}
+// Splits to launch for rows of at most max_keys keys: the most any such row can have.
+constexpr int attn_num_splits(int64_t max_keys) {
+  const int64_t short_rows = (std::min<int64_t>(max_keys, kAttnShortRowKeys) + kAttnSplitKeysShort - 1) / kAttnSplitKeysShort;
+  const int64_t long_rows = (max_keys + kAttnSplitKeysLong - 1) / kAttnSplitKeysLong;
+  const int64_t n = std::max(short_rows, long_rows);
+  return n > 0 ? int(n) : 1;
+}
 constexpr int kAttnMaxHeadDim = 1024;
 constexpr int kAttnMaxValueDim = 512;
 

@@ -1,5 +1,5 @@
 // Split-KV attention over a paged cache, one block per (token, kv head, chunk of <= 16 query
-// heads of that kv head, split of kAttnSplitKeys keys). Each block runs an online softmax over
+// heads of that kv head, split of attn_split_keys(row keys) keys). Each block runs an online softmax over
 // 32-key tiles of its split and writes (m, l, acc) partials; a combine kernel merges a row's
 // splits in ascending order. All sums run in a fixed order, and a row's splits depend only on
 // its own position, window and sequence, so its output does not depend on the batch.
@@ -82,8 +82,9 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const RowRange rr = row_range(a, t);
-  const int kbeg = max(rr.lo, split * kAttnSplitKeys);
-  const int kend = min(rr.pos + 1, (split + 1) * kAttnSplitKeys);
+  const int split_keys = attn_split_keys(rr.pos + 1);
+  const int kbeg = max(rr.lo, split * split_keys);
+  const int kend = min(rr.pos + 1, (split + 1) * split_keys);
 
   auto part_index = [&](int r) { return (int64_t(tok_local) * a.heads_q + g * a.group + h0 + r) * a.num_splits + split; };
   if (kbeg >= kend) {  // nothing to see in this split
@@ -112,12 +113,17 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
   const TKV* kbase = static_cast<const TKV*>(a.k);
   const TKV* vbase = static_cast<const TKV*>(a.v);
   for (int k0 = kbeg; k0 < kend; k0 += kTileKeys) {
+    // Lane j looks up key k0 + j's page once; the loads below take it by shuffle, so no load
+    // waits on a page-table read of its own and a warp's keys are all in flight together.
+    const int my_key = k0 + lane;
+    const int my_page = my_key < kend ? pages[my_key / a.page_size] : 0;
     __syncthreads();  // previous tile fully consumed
-    for (int j = warp; j < kTileKeys; j += kWarps) {
+#pragma unroll
+    for (int jj = 0; jj < kTileKeys / kWarps; ++jj) {
+      const int j = warp + jj * kWarps;
       const int key = k0 + j;
       const bool valid = key < kend;
-      int64_t page = 0, slot = 0;
-      if (valid) { page = pages[key / a.page_size]; slot = key % a.page_size; }
+      const int64_t page = __shfl_sync(0xffffffffu, my_page, j), slot = valid ? key % a.page_size : 0;
       const TKV* kp = kbase + page * a.s_kp + slot * a.s_ks + g * a.s_kh;
       for (int d = lane; d < dk; d += 32) ks[j * (dk + 1) + d] = valid ? to_f32(kp[d]) : 0.f;
       if (!a.v_in_k) {

@@ -19,8 +19,7 @@ cudaError_t launch_gqa_attention(const ops::GqaAttentionParams& p, Scratch& scra
   a.dk = int(p.q.shape[2]); a.dv = int(p.v_cache.shape[3]);
   a.v_in_k = false;
   const int64_t max_keys = p.seqs.block_table.shape[1] * int64_t(p.seqs.page_size);
-  a.num_splits = int((max_keys + kAttnSplitKeys - 1) / kAttnSplitKeys);
-  if (a.num_splits == 0) a.num_splits = 1;
+  a.num_splits = attn_num_splits(max_keys);
   a.scale = p.scale; a.window = p.sliding_window;
   a.out = p.out.data; a.s_ot = p.out.stride[0]; a.s_oh = p.out.stride[1];
   a.lse = nullptr; a.s_lse = 0;
