@@ -13,19 +13,30 @@
 namespace moex::kernels {
 
 // Keys per split, chosen from the row's own key count (its position + 1), so a row's splits (and
-// bits) depend only on itself, never on the batch: short rows split finely (more blocks for few
-// tokens), long rows in 256-key splits (bounded partials for large batches).
-constexpr int kAttnSplitKeysShort = 64, kAttnSplitKeysLong = 256, kAttnShortRowKeys = 4096;
-__host__ __device__ constexpr int attn_split_keys(int row_keys) {
-  return row_keys <= kAttnShortRowKeys ? kAttnSplitKeysShort : kAttnSplitKeysLong;
+// bits) depend only on itself, never on the batch: rows of at most kAttnShortRowKeys keys split
+// in `short_keys` (64 by default: more blocks for few tokens), longer rows in 256-key splits
+// (bounded partials for large batches).
+constexpr int kAttnSplitKeysLong = 256, kAttnShortRowKeys = 4096;
+__host__ __device__ constexpr int attn_split_keys(int row_keys, int short_keys) {
+  return row_keys <= kAttnShortRowKeys ? short_keys : kAttnSplitKeysLong;
 }
 // Splits to launch for rows of at most max_keys keys: the most any such row can have.
-constexpr int attn_num_splits(int64_t max_keys) {
-  const int64_t short_rows = (std::min<int64_t>(max_keys, kAttnShortRowKeys) + kAttnSplitKeysShort - 1) / kAttnSplitKeysShort;
+constexpr int attn_num_splits(int64_t max_keys, int short_keys) {
+  const int64_t short_rows = (std::min<int64_t>(max_keys, kAttnShortRowKeys) + short_keys - 1) / short_keys;
   const int64_t long_rows = (max_keys + kAttnSplitKeysLong - 1) / kAttnSplitKeysLong;
   const int64_t n = std::max(short_rows, long_rows);
   return n > 0 ? int(n) : 1;
 }
+// The paged-attention variant, read once from the environment for A/B benchmarks (the choice
+// never depends on the batch): MOEX_ATTN_SHORT_SPLIT = 64 (default) or 256 keys per split of
+// short rows; MOEX_ATTN_HOIST = 1 (default) reads a tile's page ids once per tile and shares
+// them by shuffle, 0 reads each key's page id in its own load chain.
+struct AttnVariant {
+  int short_split_keys = 64;
+  bool hoist_pages = true;
+};
+AttnVariant attn_variant();
+
 constexpr int kAttnMaxHeadDim = 1024;
 constexpr int kAttnMaxValueDim = 512;
 

@@ -31,6 +31,8 @@ struct AttnArgs {
   int heads_q, kv_heads, group, dk, dv;
   bool v_in_k;                                        // MLA: values are k[..., 0:dv]
   int num_splits;
+  int short_split_keys;                               // attn_split_keys of rows <= 4096 keys
+  bool hoist_pages;                                   // see AttnVariant
   float scale;
   int window;
   float* part_acc;                                    // [tokens, heads_q, num_splits, dv]
@@ -82,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const RowRange rr = row_range(a, t);
-  const int split_keys = attn_split_keys(rr.pos + 1);
+  const int split_keys = attn_split_keys(rr.pos + 1, a.short_split_keys);
   const int kbeg = max(rr.lo, split * split_keys);
   const int kend = min(rr.pos + 1, (split + 1) * split_keys);
 
@@ -116,14 +118,19 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
     // Lane j looks up key k0 + j's page once; the loads below take it by shuffle, so no load
     // waits on a page-table read of its own and a warp's keys are all in flight together.
     const int my_key = k0 + lane;
-    const int my_page = my_key < kend ? pages[my_key / a.page_size] : 0;
+    const int my_page = a.hoist_pages && my_key < kend ? pages[my_key / a.page_size] : 0;
     __syncthreads();  // previous tile fully consumed
 #pragma unroll
     for (int jj = 0; jj < kTileKeys / kWarps; ++jj) {
       const int j = warp + jj * kWarps;
       const int key = k0 + j;
       const bool valid = key < kend;
-      const int64_t page = __shfl_sync(0xffffffffu, my_page, j), slot = valid ? key % a.page_size : 0;
+      const int shared_page = __shfl_sync(0xffffffffu, my_page, j);
+      int64_t page = 0, slot = 0;
+      if (valid) {
+        page = a.hoist_pages ? shared_page : pages[key / a.page_size];
+        slot = key % a.page_size;
+      }
       const TKV* kp = kbase + page * a.s_kp + slot * a.s_ks + g * a.s_kh;
       for (int d = lane; d < dk; d += 32) ks[j * (dk + 1) + d] = valid ? to_f32(kp[d]) : 0.f;
       if (!a.v_in_k) {

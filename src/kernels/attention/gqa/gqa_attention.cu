@@ -19,7 +19,10 @@ cudaError_t launch_gqa_attention(const ops::GqaAttentionParams& p, Scratch& scra
   a.dk = int(p.q.shape[2]); a.dv = int(p.v_cache.shape[3]);
   a.v_in_k = false;
   const int64_t max_keys = p.seqs.block_table.shape[1] * int64_t(p.seqs.page_size);
-  a.num_splits = attn_num_splits(max_keys);
+  const AttnVariant variant = attn_variant();
+  a.short_split_keys = variant.short_split_keys;
+  a.hoist_pages = variant.hoist_pages;
+  a.num_splits = attn_num_splits(max_keys, a.short_split_keys);
   a.scale = p.scale; a.window = p.sliding_window;
   a.out = p.out.data; a.s_ot = p.out.stride[0]; a.s_oh = p.out.stride[1];
   a.lse = nullptr; a.s_lse = 0;
