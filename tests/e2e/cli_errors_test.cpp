@@ -33,6 +33,10 @@ TEST(CliErrors, InvalidValues) {
   expect_one_line_error(run_moex("run --device tpu"), "device");
   expect_one_line_error(run_moex("run --temperature abc"), "temperature");
   expect_one_line_error(run_moex("perplexity"), "file");
+  // Values the flag parser lets through but sampling refuses: refused before any output.
+  const CliResult zero_top_p = run_moex("run --top-p 0 --temperature 1 -n 2 --prompt hi");
+  expect_one_line_error(zero_top_p, "top_p");
+  EXPECT_EQ(zero_top_p.out, "");
 }
 
 TEST(CliErrors, UnknownArchitectureAndBrokenConfig) {

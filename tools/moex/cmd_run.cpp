@@ -37,6 +37,8 @@ double percentile(std::vector<double> v, double q) {
 
 int run_generate(const ModelFlags& model, const std::string& prompt, const std::string& prompt_ids, int64_t n,
                  const SamplingParams& sampling, bool ignore_eos, bool /*chat*/) {
+  // Before the model loads and before the prompt is echoed: a bad value prints nothing else.
+  if (Status st = validate(sampling); !st.is_ok()) return report(st);
   auto engine_or = Engine::create(engine_options(model));
   if (!engine_or) return report(engine_or.status());
   Engine& engine = **engine_or;
