@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/float_op_check.h"
 #include "kernels/attention/prefill/prefill_attention.h"
 
 namespace moex {
@@ -14,26 +15,10 @@ namespace {
 
 namespace kp = kernels::prefill;
 
-Status fail(const std::string& what) { return invalid_argument("cuda prefill_attention: " + what); }
-
-// A CUDA tensor of rank `dims.size()` with the given sizes (-1: any), unit stride along its last dim.
+const FloatOpCheck kCheck{"prefill_attention"};
+Status fail(const std::string& what) { return kCheck.fail(what); }
 Status check(const Tensor& t, const char* name, std::initializer_list<int64_t> dims, bool i32 = false) {
-  if (t.data == nullptr) return fail(std::string(name) + " is empty");
-  if (t.device != DeviceType::kCuda) return fail(std::string(name) + " is not a CUDA tensor");
-  if (t.ndim != int(dims.size()))
-    return fail(std::string(name) + " must have " + std::to_string(dims.size()) + " dims, got " + t.shape_string());
-  if (i32 ? t.dtype != DType::kI32 : (t.dtype != DType::kF32 && t.dtype != DType::kBF16))
-    return fail(std::string(name) + (i32 ? " must be i32" : " must be f32/bf16") + ", got " + t.shape_string());
-  int d = 0;
-  for (int64_t want : dims) {
-    if (want >= 0 && t.shape[d] != want)
-      return fail(std::string(name) + " dim " + std::to_string(d) + " must be " + std::to_string(want) + ", got " +
-                  t.shape_string());
-    ++d;
-  }
-  if (t.ndim > 0 && t.shape[t.ndim - 1] > 1 && t.stride[t.ndim - 1] != 1)
-    return fail(std::string(name) + " must be contiguous along its last dim " + t.shape_string());
-  return Status::ok();
+  return kCheck.tensor(t, name, dims, i32);
 }
 
 // The tensor-core kernel reads bf16 rows with 16-byte cp.async / 4-byte loads.
