@@ -78,6 +78,42 @@ TEST_F(MatmulTest, PipelinedTilesOddSizes) {
   check(0, 1000, 1100, 2056, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);  // the launcher's choice
 }
 
+// Few rows with K % 64 == 0: the streaming decode kernel (skinny_gemm.cu), against the CPU on
+// odd n (row guards), batched views, alpha, accumulate and both output dtypes.
+TEST_F(MatmulTest, DecodeKernelOddSizes) {
+  check(0, 1, 4100, 2048, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);  // q_proj-like, n % 64 != 0
+  check(0, 16, 15, 64, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);      // n < 16
+  check(0, 7, 520, 4160, DType::kBF16, DType::kBF16, DType::kF32, -0.5f, true);   // accumulate, alpha
+  check(3, 5, 130, 128, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);    // batched
+  check(0, 2, 151, 2048, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);    // logits-like, f32 out
+}
+
+// The decode kernel and the 16-row WMMA tile it replaced (forced with MOEX_GEMM_TILE=wmma) give
+// the same bits for every row count up to 16, and both equal the rows of a many-row launch.
+TEST_F(MatmulTest, DecodeKernelBitsEqualTheOtherTiles) {
+  const int64_t n = 600, k = 1536, rows = 200;
+  HostTensor x = host_random(DType::kBF16, {rows, k}, rng_);
+  HostTensor w = host_random(DType::kBF16, {n, k}, rng_, -0.1f, 0.1f);
+  DeviceTensor dx = to_device(*gpu_, x), dw = to_device(*gpu_, w);
+  for (const DType ot : {DType::kF32, DType::kBF16}) {
+    DeviceTensor full = device_poisoned(*gpu_, ot, {rows, n});
+    MOEX_ASSERT_OK(gpu_->matmul({dx.t, dw.t, full.t, 1.f, false}));
+    HostTensor all = to_host(*gpu_, full);
+    for (const int64_t m : {1, 2, 3, 8, 13, 16}) {
+      const int64_t r0 = rng_.uniform_int(0, int(rows - m));
+      for (const char* tile : {static_cast<const char*>(nullptr), "wmma"}) {
+        ScopedGemmTile scoped(tile);
+        DeviceTensor part = device_poisoned(*gpu_, ot, {m, n});
+        MOEX_ASSERT_OK(gpu_->matmul({dx.t.slice(0, r0, r0 + m), dw.t, part.t, 1.f, false}));
+        HostTensor got = to_host(*gpu_, part);
+        for (int64_t r = 0; r < m; ++r)
+          ASSERT_TRUE(rows_bit_equal(got, r, all, r0 + r))
+              << "row " << r0 + r << " of " << m << (tile ? " (wmma tile)" : " (decode kernel)");
+      }
+    }
+  }
+}
+
 TEST_F(MatmulTest, F32AndMixedFallback) {
   check(0, 9, 33, 130, DType::kF32, DType::kF32, DType::kF32, 1.f, false);
   check(0, 4, 128, 2048, DType::kF32, DType::kBF16, DType::kF32, 1.f, false);

@@ -2,11 +2,13 @@
 // order, which the pipelined (many rows) and WMMA (few rows, unaligned) tiles share.
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/common/dtype.cuh"
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/mma_pipeline.cuh"
 #include "kernels/gemm/mma_tile.cuh"
+#include "kernels/gemm/skinny_gemm.h"
 #include "kernels/gemm/wgmma_pipeline.cuh"
 
 namespace moex::kernels {
@@ -195,11 +197,17 @@ int sm_count() {
 template <class TOut>
 cudaError_t launch_bf16(const DenseArgs& a, int batch, bool vec, cudaStream_t stream) {
   // The tile shape only changes how much work is wasted on padding rows, never the bits.
+  gemm::PipeTile t = gemm::pipe_tile_override();
   if (a.m <= 16) {
+    // Decode: the streaming kernel (skinny_gemm.cu, same bits); MOEX_GEMM_TILE=wmma keeps the
+    // WMMA tile for comparison.
+    const gemm::SkinnyArgs sa{a.x, a.sxb, a.sxm, a.w, a.swb, a.swn, a.out, a.sob, a.som, a.son,
+                              a.m, a.n, a.k, a.alpha, a.accumulate};
+    if (t != gemm::PipeTile::kWmma && gemm::skinny_gemm_applies(sa))
+      return gemm::launch_skinny_gemm(sa, batch, std::is_same_v<TOut, float>, stream);
     launch_mma<gemm::TileSmall, TOut>(a, batch, vec, stream);
     return cudaGetLastError();
   }
-  gemm::PipeTile t = gemm::pipe_tile_override();
   if (!vec || a.k % 8 != 0 || t == gemm::PipeTile::kWmma) {
     launch_mma<gemm::TileLarge, TOut>(a, batch, vec, stream);
     return cudaGetLastError();
