@@ -76,6 +76,7 @@ class Backend {
   virtual Status nsa_decode(const ops::NsaDecodeParams& p) = 0;
   virtual Status prefill_attention(const ops::PrefillAttentionParams& p) = 0;
   virtual Status sample(const ops::SampleParams& p) = 0;
+  virtual Status random_uniform(const ops::RandomUniformParams& p) = 0;
 };
 
 // The CPU reference backend (always available). activation_dtype kBF16 keeps hidden states in

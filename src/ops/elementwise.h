@@ -30,4 +30,14 @@ struct SiluMulParams {
   Tensor out;  // [rows, inter]
 };
 
+// out[i] = dtype(float((2 u_i - 1) * half_width)), u_i = unit_double(splitmix64(stream + i))
+// (core/random.h), i the flat index, one rounding to out's dtype: the seeded random weights of
+// `--random-weights`, generated where they live and bit-identical on every backend (and in
+// tools/hf_random_parity.py).
+struct RandomUniformParams {
+  Tensor out;        // [n] contiguous, f32 / bf16 / f16
+  uint64_t stream;   // e.g. splitmix64(seed ^ fnv1a(tensor name))
+  float half_width;  // values in [-half_width, half_width)
+};
+
 }  // namespace moex::ops

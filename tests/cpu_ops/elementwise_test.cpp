@@ -1,6 +1,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/random.h"
 #include "cpu_ops/ops_test_util.h"
 
 namespace moex::test {
@@ -113,6 +114,28 @@ TEST(SiluMul, GateTimesUp) {
     }
   HostTensor x(DType::kF32, {2, 7}), out(DType::kF32, {2, 3});
   EXPECT_EQ(be->silu_mul({x.t, out.t}).code(), StatusCode::kInvalidArgument);
+}
+
+// The seeded random-weight generator: value i is (2 u - 1) * half_width with u the top 53 bits
+// of splitmix64(stream + i), rounded once to the output dtype; the same bits with 1 or 3 threads.
+TEST(RandomUniform, CounterBasedValuesAnyThreadCount) {
+  const uint64_t stream = splitmix64(7 ^ fnv1a("model.layers.0.mlp.gate_proj.weight"));
+  for (DType t : {DType::kF32, DType::kBF16}) {
+    HostTensor one(t, {70001}), three(t, {70001});
+    one.fill_nan();
+    three.fill_nan();
+    ASSERT_TRUE(cpu(1)->random_uniform({one.t, stream, 0.5f}).is_ok());
+    ASSERT_TRUE(cpu(3)->random_uniform({three.t, stream, 0.5f}).is_ok());
+    for (int64_t i : {int64_t(0), int64_t(1), int64_t(65536), int64_t(70000)}) {
+      const double u = unit_double(splitmix64(stream + uint64_t(i)));
+      HostTensor want(t, {1});
+      store_from_f32(want.t.data, t, 0, float((2.0 * u - 1.0) * 0.5));
+      EXPECT_EQ(one.get(i), want.get(0)) << "index " << i;
+    }
+    EXPECT_EQ(one.values(), three.values());
+  }
+  HostTensor bad(DType::kF32, {2, 3});
+  EXPECT_EQ(cpu(1)->random_uniform({bad.t, stream, 0.5f}).code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -1,4 +1,7 @@
 // CUDA vs CPU: embedding, copy (casts, strided views), add, silu_mul, cache_write.
+#include <algorithm>
+#include <cstring>
+
 #include "cuda_ops/cuda_ops_util.h"
 
 namespace moex::test {
@@ -105,6 +108,42 @@ TEST_F(ElementwiseTest, CacheWriteScattersRows) {
     DeviceTensor d_dst = to_device(*gpu_, init);
     MOEX_ASSERT_OK(gpu_->cache_write({d_src.t, d_map.t, d_dst.t}));
     EXPECT_EQ(rel_l2(to_host(*gpu_, d_dst), ref), 0.0);
+  }
+}
+
+// Random weights generated on the device equal the CPU's bit for bit (the GPU's weight dtypes,
+// odd lengths, streams with the top bit set), and every value lies in [-half_width, half_width];
+// other dtypes are refused with a message.
+TEST_F(ElementwiseTest, RandomUniformEqualsCpuBits) {
+  {
+    DeviceTensor f16 = device_poisoned(*gpu_, DType::kF16, {8});
+    const Status st = gpu_->random_uniform({.out = f16.t, .stream = 1, .half_width = 0.5f});
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("random_uniform"), std::string::npos) << st.message();
+  }
+  for (const DType dt : {DType::kBF16, DType::kF32}) {
+    for (const int64_t n : {int64_t(1), int64_t(1000003)}) {
+      const uint64_t stream = rng_.next() | (uint64_t(1) << 63);
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " n " + std::to_string(n) + " seed " + std::to_string(seed_));
+      HostTensor ref = host_tensor(dt, {n});
+      MOEX_ASSERT_OK(cpu_->random_uniform({.out = ref.t, .stream = stream, .half_width = 0.0346f}));
+      DeviceTensor got = device_poisoned(*gpu_, dt, {n});
+      MOEX_ASSERT_OK(gpu_->random_uniform({.out = got.t, .stream = stream, .half_width = 0.0346f}));
+      HostTensor h = to_host(*gpu_, got);
+      ASSERT_EQ(0, std::memcmp(h.t.data, ref.t.data, size_t(n) * dtype_size(dt)));  // bytes carry padding
+      double lo = 1, hi = -1;
+      for (int64_t i = 0; i < n; ++i) {
+        const double v = load_as_f32(ref.t.data, dt, size_t(i));
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+      EXPECT_GE(lo, -0.0347);
+      EXPECT_LE(hi, 0.0347);
+      if (n > 1) {  // a million draws reach the ends of the range
+        EXPECT_LT(lo, -0.03);
+        EXPECT_GT(hi, 0.03);
+      }
+    }
   }
 }
 

@@ -64,6 +64,9 @@ class CpuBackend final : public Backend {
   Status copy(const ops::CopyParams& p) override { return guarded("copy", [&] { return cpu::copy(ctx_, p); }); }
   Status add(const ops::AddParams& p) override { return guarded("add", [&] { return cpu::add(ctx_, p); }); }
   Status silu_mul(const ops::SiluMulParams& p) override { return guarded("silu_mul", [&] { return cpu::silu_mul(ctx_, p); }); }
+  Status random_uniform(const ops::RandomUniformParams& p) override {
+    return guarded("random_uniform", [&] { return cpu::random_uniform(ctx_, p); });
+  }
   Status rms_norm(const ops::RmsNormParams& p) override { return guarded("rms_norm", [&] { return cpu::rms_norm(ctx_, p); }); }
   Status matmul(const ops::MatmulParams& p) override { return guarded("matmul", [&] { return cpu::matmul(ctx_, p); }); }
   Status rope(const ops::RopeParams& p) override { return guarded("rope", [&] { return cpu::rope(ctx_, p); }); }

@@ -20,6 +20,7 @@ Status embedding(const Ctx& ctx, const ops::EmbeddingParams& p);
 Status copy(const Ctx& ctx, const ops::CopyParams& p);
 Status add(const Ctx& ctx, const ops::AddParams& p);
 Status silu_mul(const Ctx& ctx, const ops::SiluMulParams& p);
+Status random_uniform(const Ctx& ctx, const ops::RandomUniformParams& p);
 Status rms_norm(const Ctx& ctx, const ops::RmsNormParams& p);
 Status rope(const Ctx& ctx, const ops::RopeParams& p);
 Status matmul(const Ctx& ctx, const ops::MatmulParams& p);

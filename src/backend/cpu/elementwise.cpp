@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "core/random.h"
 
 namespace moex::cpu {
 namespace {
@@ -117,6 +118,24 @@ Status silu_mul(const Ctx& ctx, const ops::SiluMulParams& p) {
     load_row(row_ptr(p.x, r), p.x.dtype, p.x.stride[1], 2 * inter, x);
     for (int64_t i = 0; i < inter; ++i) x[i] = silu(x[i]) * x[inter + i];
     store_row(row_ptr(p.out, r), p.out.dtype, p.out.stride[1], inter, x);
+  });
+  return Status::ok();
+}
+
+Status random_uniform(const Ctx& ctx, const ops::RandomUniformParams& p) {
+  constexpr const char* op = "random_uniform";
+  MOEX_RETURN_IF_ERROR(check_tensor(op, "out", p.out, 1));
+  MOEX_RETURN_IF_ERROR(check_output(op, "out", p.out));
+  MOEX_RETURN_IF_ERROR(check_inner_contiguous(op, "out", p.out));
+  const int64_t n = p.out.shape[0];
+  constexpr int64_t kChunk = int64_t(1) << 16;
+  // Each value depends on its index only, so any split over threads gives the same bits.
+  parallel_for(ctx, (n + kChunk - 1) / kChunk, kChunk, [&](int64_t c, int) {
+    const int64_t end = std::min(n, (c + 1) * kChunk);
+    for (int64_t i = c * kChunk; i < end; ++i) {
+      const double u = unit_double(splitmix64(p.stream + uint64_t(i)));
+      store_from_f32(p.out.data, p.out.dtype, size_t(i), float((2.0 * u - 1.0) * double(p.half_width)));
+    }
   });
   return Status::ok();
 }

@@ -42,7 +42,8 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   Status mla_attention(const ops::MlaAttentionParams& p) override;
   Status nsa_forward(const ops::NsaForwardParams& p) override;  // cuda_nsa.cpp
   Status nsa_decode(const ops::NsaDecodeParams& p) override;    // cuda_nsa.cpp
-  Status prefill_attention(const ops::PrefillAttentionParams& p) override;  // cuda_prefill_attention.cpp
+  Status prefill_attention(const ops::PrefillAttentionParams& p) override;
+  Status random_uniform(const ops::RandomUniformParams& p) override;  // cuda_prefill_attention.cpp
   Status sample(const ops::SampleParams& p) override;           // cuda_sampling.cpp
 
  private:

@@ -127,6 +127,13 @@ Status CudaBackend::silu_mul(const ops::SiluMulParams& p) {
   return cuda_status(kernels::launch_silu_mul(p, stream_), "cuda silu_mul: launch");
 }
 
+Status CudaBackend::random_uniform(const ops::RandomUniformParams& p) {
+  const Check c{"random_uniform"};
+  MOEX_RETURN_IF_ERROR(c.tensor(p.out, "out", 1, kAct));
+  MOEX_RETURN_IF_ERROR(c.inner_contiguous(p.out, "out"));
+  return cuda_status(kernels::launch_random_uniform(p, stream_), "cuda random_uniform: launch");
+}
+
 Status CudaBackend::rms_norm(const ops::RmsNormParams& p) {
   const Check c{"rms_norm"};
   MOEX_RETURN_IF_ERROR(c.on_device(p.x, "x"));

@@ -1,4 +1,6 @@
 // Embedding, strided copy/cast, residual add, SwiGLU and cache_write: memory-bound, one pass.
+#include <algorithm>
+
 #include "kernels/common/dtype.cuh"
 #include "kernels/elementwise/elementwise.h"
 
@@ -68,6 +70,22 @@ __global__ void cache_write_kernel(const TS* src, int64_t s_src, const int32_t* 
   if (slot < 0 || slot >= num_slots) return;
   for (int c = threadIdx.x; c < dim; c += blockDim.x)
     dst[int64_t(slot) * s_dst + c] = from_f32<TD>(to_f32(src[int64_t(t) * s_src + c]));
+}
+
+// out[i] = round((2 u - 1) * half_width), u from SplitMix64 of stream + i: the same double
+// arithmetic as the CPU reference (2 u is exact, so a fused multiply-add changes nothing).
+__device__ __forceinline__ uint64_t splitmix64_dev(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+template <class TO>
+__global__ void random_uniform_kernel(TO* out, int64_t n, uint64_t stream, double half_width) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const double u = double(splitmix64_dev(stream + uint64_t(i)) >> 11) * (1.0 / 9007199254740992.0);
+    out[i] = from_f32<TO>(float(__dmul_rn(__dadd_rn(__dmul_rn(2.0, u), -1.0), half_width)));
+  }
 }
 
 int row_threads(int64_t dim) { return dim >= kThreads ? kThreads : int((dim + 31) / 32 * 32); }
@@ -150,6 +168,17 @@ cudaError_t launch_silu_mul(const ops::SiluMulParams& p, cudaStream_t stream) {
     });
   });
   return ok_x && ok_o ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+cudaError_t launch_random_uniform(const ops::RandomUniformParams& p, cudaStream_t stream) {
+  const int64_t n = p.out.shape[0];
+  if (n == 0) return cudaSuccess;
+  const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 132 * 16));
+  const bool ok = dispatch_act(p.out.dtype, [&](auto to) {
+    using TO = decltype(to);
+    random_uniform_kernel<TO><<<blocks, kThreads, 0, stream>>>(p.out.ptr<TO>(), n, p.stream, double(p.half_width));
+  });
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t launch_cache_write(const ops::CacheWriteParams& p, cudaStream_t stream) {

@@ -14,6 +14,7 @@ cudaError_t launch_embedding(const ops::EmbeddingParams& p, cudaStream_t stream)
 cudaError_t launch_copy(const ops::CopyParams& p, cudaStream_t stream);  // up to 4 dims
 cudaError_t launch_add(const ops::AddParams& p, cudaStream_t stream);
 cudaError_t launch_silu_mul(const ops::SiluMulParams& p, cudaStream_t stream);
+cudaError_t launch_random_uniform(const ops::RandomUniformParams& p, cudaStream_t stream);
 cudaError_t launch_rms_norm(const ops::RmsNormParams& p, cudaStream_t stream);
 cudaError_t launch_rope(const ops::RopeParams& p, cudaStream_t stream);
 cudaError_t launch_cache_write(const ops::CacheWriteParams& p, cudaStream_t stream);
