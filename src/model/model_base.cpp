@@ -43,6 +43,9 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// Uniform values with std 0.02 (HF's initializer_range): half width 0.02 * sqrt(3).
+const float kRandomHalfWidth = 0.02f * std::sqrt(3.0f);
+
 }  // namespace
 
 Tensor with_device(Tensor t, DeviceType device) {
@@ -98,7 +101,7 @@ Status WeightLoader::read_host(const std::string& name, const std::vector<int64_
     *dtype = weight_dtype_;
     out->resize(size_t(n) * dtype_size(*dtype));
     const uint64_t base = splitmix64(seed_ ^ fnv1a(name));
-    const float half_width = 0.02f * std::sqrt(3.0f);
+    const float half_width = kRandomHalfWidth;
     const DType dt = *dtype;
     void* dst = out->data();  // [n] in dt
     // Each value depends on its index only, so any split over threads gives the same bits;
@@ -141,7 +144,22 @@ Expected<Tensor> WeightLoader::upload(const void* host, DType dtype, std::vector
   return t;
 }
 
+Status WeightLoader::fill_random(const std::string& name, void* dst, DType dtype, int64_t n) {
+  return backend_.random_uniform({.out = Tensor::make(dst, dtype, {n}, backend_.device()),
+                                  .stream = splitmix64(seed_ ^ fnv1a(name)),
+                                  .half_width = kRandomHalfWidth});
+}
+
 Expected<Tensor> WeightLoader::load(const std::string& name, std::vector<int64_t> shape, bool is_norm) {
+  if (ckpt_ == nullptr && !is_norm) {  // random weights: generated in place
+    const size_t bytes = size_t(numel_of(shape)) * dtype_size(weight_dtype_);
+    MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
+    MOEX_RETURN_IF_ERROR(fill_random(name, buf.data(), weight_dtype_, numel_of(shape)));
+    Tensor t = Tensor::make(buf.data(), weight_dtype_, shape, backend_.device());
+    stored_bytes_ += int64_t(bytes);
+    buffers_.push_back(std::move(buf));
+    return t;
+  }
   std::vector<uint8_t> host;
   DType dtype;
   MOEX_RETURN_IF_ERROR(read_host(name, shape, is_norm, &host, &dtype));
@@ -179,6 +197,18 @@ Expected<Tensor> WeightLoader::load_stacked(const std::vector<std::string>& name
   // One device buffer; each part is read and copied into its rows so that host memory holds
   // one part at a time (a full-size expert layer is tens of GB).
   const int64_t part_numel = numel_of(part_shape);
+  if (ckpt_ == nullptr) {  // random weights: each part generated in place
+    const size_t part_bytes = size_t(part_numel) * dtype_size(weight_dtype_);
+    MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(part_bytes * names.size()));
+    for (size_t i = 0; i < names.size(); ++i)
+      MOEX_RETURN_IF_ERROR(fill_random(names[i], static_cast<char*>(buf.data()) + i * part_bytes, weight_dtype_, part_numel));
+    std::vector<int64_t> shape = part_shape;
+    shape[0] *= int64_t(names.size());
+    Tensor t = Tensor::make(buf.data(), weight_dtype_, shape, backend_.device());
+    stored_bytes_ += int64_t(part_bytes * names.size());
+    buffers_.push_back(std::move(buf));
+    return t;
+  }
   std::vector<uint8_t> host;
   DType dtype;
   MOEX_RETURN_IF_ERROR(read_host(names[0], part_shape, false, &host, &dtype));
@@ -199,6 +229,39 @@ Expected<Tensor> WeightLoader::load_stacked(const std::vector<std::string>& name
   shape[0] *= int64_t(names.size());
   Tensor t = Tensor::make(buf.data(), dtype, shape, backend_.device());
   stored_bytes_ += int64_t(part_bytes * names.size());
+  buffers_.push_back(std::move(buf));
+  return t;
+}
+
+Expected<Tensor> WeightLoader::load_concat(const std::vector<std::string>& names, const std::vector<int64_t>& rows,
+                                           int64_t cols) {
+  if (names.empty() || names.size() != rows.size()) return invalid_argument("load_concat: one row count per tensor");
+  int64_t total = 0;
+  for (int64_t r : rows) total += r;
+  // dtype: the first part's (random weights: the config's); every part must share it.
+  const DType dtype = weight_dtype_for(names[0]);
+  const size_t es = dtype_size(dtype);
+  MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(size_t(total * cols) * es));
+  char* dst = static_cast<char*>(buf.data());  // [total, cols]
+  std::vector<uint8_t> host;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const size_t bytes = size_t(rows[i] * cols) * es;
+    if (ckpt_ == nullptr) {
+      MOEX_RETURN_IF_ERROR(fill_random(names[i], dst, dtype, rows[i] * cols));
+    } else {
+      DType part_dtype;
+      MOEX_RETURN_IF_ERROR(read_host(names[i], {rows[i], cols}, false, &host, &part_dtype));
+      if (part_dtype != dtype) {
+        return invalid_argument("checkpoint tensor " + names[i] + " is " + std::string(dtype_name(part_dtype)) +
+                                " but " + names[0] + " is " + std::string(dtype_name(dtype)) +
+                                "; tensors packed together must share a dtype");
+      }
+      MOEX_RETURN_IF_ERROR(backend_.copy_from_host(dst, host.data(), bytes));
+    }
+    dst += bytes;
+  }
+  Tensor t = Tensor::make(buf.data(), dtype, {total, cols}, backend_.device());
+  stored_bytes_ += int64_t(size_t(total * cols) * es);
   buffers_.push_back(std::move(buf));
   return t;
 }

@@ -26,6 +26,9 @@ class WeightLoader {
   Expected<Tensor> load_f32(const std::string& name, std::vector<int64_t> shape);
   // Rows of several tensors stacked into one: e.g. gate [I, H] then up [I, H] -> [2I, H].
   Expected<Tensor> load_stacked(const std::vector<std::string>& names, const std::vector<int64_t>& part_shape);
+  // 2-D tensors of different row counts and the same columns, rows concatenated in order:
+  // e.g. q [Q, H], k [K, H], v [K, H] -> [Q + 2K, H] (one projection GEMM instead of three).
+  Expected<Tensor> load_concat(const std::vector<std::string>& names, const std::vector<int64_t>& rows, int64_t cols);
   // Host fp32 copy of a tensor (for precomputation such as MLA absorption).
   Expected<std::vector<float>> read_f32(const std::string& name, const std::vector<int64_t>& shape);
   // Uploads host bytes as a new device tensor. `is_weight`: counted in stored_bytes (false for
@@ -43,6 +46,9 @@ class WeightLoader {
   // Host bytes of one tensor in weight_dtype_ (checkpoint) or freshly generated (random).
   Status read_host(const std::string& name, const std::vector<int64_t>& shape, bool is_norm,
                    std::vector<uint8_t>* out, DType* dtype);
+  // Random init of a non-norm tensor on the backend itself (no host copy): dst [n] in dtype,
+  // the same values read_host generates.
+  Status fill_random(const std::string& name, void* dst, DType dtype, int64_t n);
 
   Backend& backend_;
   const ModelConfig& config_;

@@ -33,6 +33,31 @@ TEST(RmsNorm, MatchesReferenceOnStridedRowsInPlace) {
   EXPECT_EQ(be->rms_norm({x.t, w.t, x.t, 1e-6f}).code(), StatusCode::kInvalidArgument);
 }
 
+// [tokens, heads, dim] views with token and head strides (q heads as columns of a fused q|k|v
+// row): each (token, head) row equals the 2-D op on a contiguous copy, bit for bit.
+TEST(RmsNorm, ThreeDimViewsEqualTwoDimRows) {
+  MOEX_TRACE_SEED();
+  const int64_t tokens = 5, heads = 3, dim = 16, row = heads * dim + 2 * dim;  // q | k | v columns
+  HostTensor fused = random_tensor(DType::kBF16, {tokens, row}, -3, 3);
+  HostTensor w = random_tensor(DType::kBF16, {dim}, 0.5, 1.5);
+  HostTensor flat(DType::kBF16, {tokens * heads, dim});
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t i = 0; i < heads * dim; ++i) flat.set(t * heads * dim + i, fused.get(t * row + i));
+  ASSERT_TRUE(cpu(2)->rms_norm({flat.t, w.t, flat.t, 1e-6f}).is_ok());
+  Tensor q = fused.t;  // [tokens, heads, dim] view of the first heads * dim columns
+  q.ndim = 3;
+  q.shape[0] = tokens; q.shape[1] = heads; q.shape[2] = dim;
+  q.stride[0] = row; q.stride[1] = dim; q.stride[2] = 1;
+  const double k0 = fused.get(heads * dim);
+  ASSERT_TRUE(cpu(2)->rms_norm({q, w.t, q, 1e-6f}).is_ok());
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t i = 0; i < heads * dim; ++i)
+      ASSERT_EQ(fused.get(t * row + i), flat.get(t * heads * dim + i)) << "token " << t << " column " << i;
+  EXPECT_EQ(fused.get(heads * dim), k0);  // the k columns are untouched
+  Tensor bad_out = flat.t;  // out shape must match x
+  EXPECT_EQ(cpu(1)->rms_norm({q, w.t, bad_out, 1e-6f}).code(), StatusCode::kInvalidArgument);
+}
+
 TEST(RmsNorm, RowIndependentOfBatchAndThreads) {
   MOEX_TRACE_SEED();
   HostTensor x = random_tensor(DType::kF32, {17, 1000});

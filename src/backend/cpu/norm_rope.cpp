@@ -8,16 +8,22 @@ namespace moex::cpu {
 
 Status rms_norm(const Ctx& ctx, const ops::RmsNormParams& p) {
   constexpr const char* op = "rms_norm";
-  MOEX_RETURN_IF_ERROR(check_tensor(op, "x", p.x, 2));
+  const int nd = p.x.ndim == 3 ? 3 : 2;  // [rows, dim] or [tokens, heads, dim]
+  MOEX_RETURN_IF_ERROR(check_tensor(op, "x", p.x, nd));
   MOEX_RETURN_IF_ERROR(check_float(op, "x", p.x));
   MOEX_RETURN_IF_ERROR(check_tensor(op, "weight", p.weight, 1));
   MOEX_RETURN_IF_ERROR(check_float(op, "weight", p.weight));
-  MOEX_RETURN_IF_ERROR(check_tensor(op, "out", p.out, 2));
+  MOEX_RETURN_IF_ERROR(check_tensor(op, "out", p.out, nd));
   MOEX_RETURN_IF_ERROR(check_output(op, "out", p.out));
-  const int64_t rows = p.x.shape[0], dim = p.x.shape[1];
+  for (int d = 0; d < nd; ++d) MOEX_RETURN_IF_ERROR(check_dim(op, "out", p.out, d, p.x.shape[d]));
+  const int64_t heads = nd == 3 ? p.x.shape[1] : 1;
+  const int64_t rows = p.x.shape[0] * heads, dim = p.x.shape[nd - 1];
   MOEX_RETURN_IF_ERROR(check_dim(op, "weight", p.weight, 0, dim));
-  MOEX_RETURN_IF_ERROR(check_dim(op, "out", p.out, 0, rows));
-  MOEX_RETURN_IF_ERROR(check_dim(op, "out", p.out, 1, dim));
+  // Byte offset of row r ((token, head) for 3-D views) in a tensor of element size `es`.
+  auto row_offset = [&](const Tensor& t, int64_t r, size_t es) {
+    const int64_t off = nd == 3 ? (r / heads) * t.stride[0] + (r % heads) * t.stride[1] : r * t.stride[0];
+    return off * int64_t(es);
+  };
   if (dim == 0) return invalid_argument("rms_norm: x has an empty last dim " + shape_of(p.x));
   std::vector<float> w(static_cast<size_t>(dim));  // [dim]
   load_row(p.weight.data, p.weight.dtype, p.weight.stride[0], dim, w.data());
@@ -25,12 +31,12 @@ Status rms_norm(const Ctx& ctx, const ops::RmsNormParams& p) {
   const size_t xs = dtype_size(p.x.dtype), os = dtype_size(p.out.dtype);
   parallel_for(ctx, rows, dim, [&](int64_t r, int th) {
     float* x = buf.data() + th * dim;  // [dim]
-    load_row(static_cast<const char*>(p.x.data) + r * p.x.stride[0] * int64_t(xs), p.x.dtype, p.x.stride[1], dim, x);
+    load_row(static_cast<const char*>(p.x.data) + row_offset(p.x, r, xs), p.x.dtype, p.x.stride[nd - 1], dim, x);
     // Sum of squares in the 16-lane order (cpu_common.h), then the mean.
     const float mean = sum_squares_f32(x, dim) / float(dim);
     const float inv = 1.f / std::sqrt(mean + p.eps);
     for (int64_t i = 0; i < dim; ++i) x[i] = (x[i] * inv) * w[i];
-    store_row(static_cast<char*>(p.out.data) + r * p.out.stride[0] * int64_t(os), p.out.dtype, p.out.stride[1], dim, x);
+    store_row(static_cast<char*>(p.out.data) + row_offset(p.out, r, os), p.out.dtype, p.out.stride[nd - 1], dim, x);
   });
   return Status::ok();
 }

@@ -29,9 +29,7 @@ constexpr GqaFamily kMixtral{false, true, true, "block_sparse_moe", "w1", "w3", 
 
 struct GqaLayer {
   Tensor input_norm;      // [hidden]
-  Tensor q_proj;          // [q_heads * head_dim, hidden]
-  Tensor k_proj;          // [kv_heads * head_dim, hidden]
-  Tensor v_proj;          // [kv_heads * head_dim, hidden]
+  Tensor qkv_proj;        // [(q_heads + 2 kv_heads) * head_dim, hidden]: q_proj | k_proj | v_proj rows
   Tensor q_norm;          // [head_dim] (qk_norm families only)
   Tensor k_norm;          // [head_dim] (qk_norm families only)
   Tensor o_proj;          // [hidden, q_heads * head_dim]
@@ -82,16 +80,17 @@ class GqaMoeModel final : public ModelBase {
       GqaLayer& l = layers_[size_t(i)];
       const std::string p = "model.layers." + std::to_string(i) + ".";
       MOEX_ASSIGN_OR_RETURN(l.input_norm, loader.load(p + "input_layernorm.weight", {h}, true));
-      MOEX_ASSIGN_OR_RETURN(l.q_proj, loader.load(p + "self_attn.q_proj.weight", {q_dim, h}));
-      MOEX_ASSIGN_OR_RETURN(l.k_proj, loader.load(p + "self_attn.k_proj.weight", {kv_dim, h}));
-      MOEX_ASSIGN_OR_RETURN(l.v_proj, loader.load(p + "self_attn.v_proj.weight", {kv_dim, h}));
+      // One projection GEMM for q, k and v (each output element's sum is unchanged).
+      MOEX_ASSIGN_OR_RETURN(l.qkv_proj, loader.load_concat({p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
+                                                            p + "self_attn.v_proj.weight"},
+                                                           {q_dim, kv_dim, kv_dim}, h));
       if (family_.qk_norm) {
         MOEX_ASSIGN_OR_RETURN(l.q_norm, loader.load(p + "self_attn.q_norm.weight", {d}, true));
         MOEX_ASSIGN_OR_RETURN(l.k_norm, loader.load(p + "self_attn.k_norm.weight", {d}, true));
       }
       MOEX_ASSIGN_OR_RETURN(l.o_proj, loader.load(p + "self_attn.o_proj.weight", {h, q_dim}));
       MOEX_ASSIGN_OR_RETURN(l.post_attn_norm, loader.load(p + "post_attention_layernorm.weight", {h}, true));
-      for (const Tensor* t : {&l.input_norm, &l.q_proj, &l.k_proj, &l.v_proj, &l.q_norm, &l.k_norm, &l.o_proj,
+      for (const Tensor* t : {&l.input_norm, &l.qkv_proj, &l.q_norm, &l.k_norm, &l.o_proj,
                               &l.post_attn_norm}) {
         count(*t, true);  // count() skips the tensors a family does not have
       }
@@ -114,12 +113,14 @@ class GqaMoeModel final : public ModelBase {
     const int64_t q_heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
     const float eps = float(config_.rms_norm_eps);
     MOEX_ASSIGN_OR_RETURN(Tensor x_norm, ws.make(act, {n, h}));         // [n, hidden]
-    MOEX_ASSIGN_OR_RETURN(Tensor q, ws.make(act, {n, q_heads, d}));      // [n, q_heads, head_dim]
-    MOEX_ASSIGN_OR_RETURN(Tensor k, ws.make(act, {n, kv_heads, d}));     // [n, kv_heads, head_dim]
-    MOEX_ASSIGN_OR_RETURN(Tensor v, ws.make(act, {n, kv_heads, d}));     // [n, kv_heads, head_dim]
+    const int64_t q_dim = q_heads * d, kv_dim = kv_heads * d, qkv_dim = q_dim + 2 * kv_dim;
+    MOEX_ASSIGN_OR_RETURN(Tensor qkv, ws.make(act, {n, qkv_dim}));      // [n, q | k | v]
+    const Tensor q = view3(qkv, 0, n, qkv_dim, q_heads, d, d);           // [n, q_heads, head_dim] strided
+    const Tensor k = view3(qkv, q_dim, n, qkv_dim, kv_heads, d, d);      // [n, kv_heads, head_dim] strided
+    const Tensor v2 = columns(qkv, q_dim + kv_dim, kv_dim);              // [n, kv_heads * head_dim] strided
+    const Tensor k2 = columns(qkv, q_dim, kv_dim);                       // [n, kv_heads * head_dim] strided
     MOEX_ASSIGN_OR_RETURN(Tensor attn, ws.make(act, {n, q_heads, d}));   // [n, q_heads, head_dim]
     MOEX_ASSIGN_OR_RETURN(Tensor attn_out, ws.make(act, {n, h}));        // [n, hidden]
-    const Tensor q_rows = q.reshape({n * q_heads, d}), k_rows = k.reshape({n * kv_heads, d});
     const float scale = float(1.0 / std::sqrt(double(d)));
     const int window = family_.use_sliding_window ? int(config_.sliding_window) : 0;
 
@@ -127,22 +128,20 @@ class GqaMoeModel final : public ModelBase {
       const int64_t li = &l - layers_.data();  // profile: layer index
       // Attention.
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.input_norm, .out = x_norm, .eps = eps}));
-      MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.q_proj, .out = q.reshape({n, q_heads * d})}));
-      MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.k_proj, .out = k.reshape({n, kv_heads * d})}));
-      MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.v_proj, .out = v.reshape({n, kv_heads * d})}));
+      MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.qkv_proj, .out = qkv}));
       if (family_.qk_norm) {
-        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = q_rows, .weight = l.q_norm, .out = q_rows, .eps = eps}));
-        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = k_rows, .weight = l.k_norm, .out = k_rows, .eps = eps}));
+        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = q, .weight = l.q_norm, .out = q, .eps = eps}));
+        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = k, .weight = l.k_norm, .out = k, .eps = eps}));
       }
       MOEX_RETURN_IF_ERROR(backend_.rope({.x = q, .positions = step.positions, .inv_freq = inv_freq_,
                                           .attn_scale = rope_.attn_scale, .interleaved = false}));
       MOEX_RETURN_IF_ERROR(backend_.rope({.x = k, .positions = step.positions, .inv_freq = inv_freq_,
                                           .attn_scale = rope_.attn_scale, .interleaved = false}));
       const int64_t slots = int64_t(num_pages_) * page_size_;
-      MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = k.reshape({n, kv_heads * d}), .slot_mapping = step.slot_mapping,
-                                                 .dst = l.k_cache.reshape({slots, kv_heads * d})}));
-      MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = v.reshape({n, kv_heads * d}), .slot_mapping = step.slot_mapping,
-                                                 .dst = l.v_cache.reshape({slots, kv_heads * d})}));
+      MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = k2, .slot_mapping = step.slot_mapping,
+                                                 .dst = l.k_cache.reshape({slots, kv_dim})}));
+      MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = v2, .slot_mapping = step.slot_mapping,
+                                                 .dst = l.v_cache.reshape({slots, kv_dim})}));
       MOEX_RETURN_IF_ERROR(backend_.gqa_attention({.q = q, .k_cache = l.k_cache, .v_cache = l.v_cache,
                                                    .seqs = step.seqs, .out = attn, .scale = scale,
                                                    .sliding_window = window}));
