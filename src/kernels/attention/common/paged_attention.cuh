@@ -1,4 +1,4 @@
-// Split-KV attention over a paged cache, one block per (token, kv head, chunk of <= 16 query
+// Split-KV attention over a paged cache, one block per (token, kv head, chunk of 2 to 16 query
 // heads of that kv head, split of attn_split_keys(row keys) keys). Each block runs an online softmax over
 // 32-key tiles of its split and writes (m, l, acc) partials; a combine kernel merges a row's
 // splits in ascending order. All sums run in a fixed order, and a row's splits depend only on
@@ -31,6 +31,7 @@ struct AttnArgs {
   int heads_q, kv_heads, group, dk, dv;
   bool v_in_k;                                        // MLA: values are k[..., 0:dv]
   int num_splits;
+  int rows_per_block;                                 // query heads per block, <= kRows (run_attention)
   int short_split_keys;                               // attn_split_keys of rows <= 4096 keys
   bool hoist_pages;                                   // see AttnVariant
   float scale;
@@ -79,8 +80,8 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
   const int tok_local = blockIdx.x / a.kv_heads, g = blockIdx.x % a.kv_heads;
   const int t = a.token0 + tok_local;
   const int split = blockIdx.y;
-  const int h0 = blockIdx.z * kRows;  // first head within the group
-  const int rows = min(kRows, a.group - h0);
+  const int h0 = blockIdx.z * a.rows_per_block;  // first head within the group
+  const int rows = min(a.rows_per_block, a.group - h0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const RowRange rr = row_range(a, t);
@@ -251,7 +252,15 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
   for (int t0 = 0; t0 < n; t0 += chunk) {
     a.token0 = t0;
     a.tokens = n - t0 < chunk ? n - t0 : chunk;
-    const dim3 grid(unsigned(a.tokens * a.kv_heads), unsigned(a.num_splits), unsigned((a.group + kRows - 1) / kRows));
+    // Few (token, kv head, split) blocks (batch-1 decode: 4 for Qwen3-30B-A3B): fewer query heads
+    // per block, down to 2, until about two blocks per SM. A row's arithmetic does not depend on
+    // the rows sharing its block, so this changes no bits.
+    const int64_t base_blocks = int64_t(a.tokens) * a.kv_heads * a.num_splits;
+    a.rows_per_block = kRows;
+    while (a.rows_per_block > 2 && base_blocks * ((a.group + a.rows_per_block - 1) / a.rows_per_block) < 264)
+      a.rows_per_block /= 2;
+    const dim3 grid(unsigned(a.tokens * a.kv_heads), unsigned(a.num_splits),
+                    unsigned((a.group + a.rows_per_block - 1) / a.rows_per_block));
     attn_split_kernel<TQ, TKV, kDVJ><<<grid, kThreads, smem, stream>>>(a);
     attn_combine_kernel<TO><<<unsigned(a.tokens * a.heads_q), 128, 0, stream>>>(a);
     err = cudaGetLastError();
