@@ -1,85 +1,18 @@
 // Engine::step_sample: a batch of sequences, each with its own sampler, sampled in one step.
-// On the CPU backend it must equal step() + each Sampler; on a CUDA backend (skipped without
-// one) the device sampler must pick what the host Sampler picks from the same step's logits,
-// except where the draw lies within 1e-6 of a cumulative boundary.
+// On the CPU backend it must equal step() + each Sampler. The CUDA counterpart lives in
+// tests/cuda_model/engine_sampling_cuda_test.cpp (label gpu).
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
-#include "backend/cpu/sampling.h"
-#include "runtime/engine.h"
+#include "runtime/engine_sampling_compare.h"
 
 namespace moex {
 namespace {
 
-std::unique_ptr<Engine> make_engine(const std::string& device) {
-  EngineOptions o;
-  o.model_dir = std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/models/qwen3_moe";
-  o.device = device;
-  o.max_context = 1024;
-  auto e = Engine::create(o);
-  return e ? std::move(*e) : nullptr;
-}
-
-std::vector<SamplingParams> batch_params() {
-  std::vector<SamplingParams> ps(4);
-  ps[0] = {0.f, 0, 1.f, 1};       // greedy
-  ps[1] = {1.0f, 0, 1.f, 2};      // temperature
-  ps[2] = {0.8f, 5, 1.f, 3};      // top-k
-  ps[3] = {1.2f, 40, 0.9f, 4};    // top-k + top-p
-  return ps;
-}
-
-// Runs `steps` sampling steps of 4 sequences in one batch on `engine`, twice over: once with
-// step_sample, once with step() + host Samplers of the same seeds. Counts ids that differ at a
-// boundary (allowed) and elsewhere (not allowed).
-void compare(Engine& engine, int steps, int* compared, int* at_boundary, int* differ) {
-  const int64_t vocab = engine.model().config().vocab_size;
-  const std::vector<SamplingParams> ps = batch_params();
-  std::vector<Sequence> a(ps.size()), b(ps.size());
-  std::vector<Sampler> sa, sb;
-  for (size_t i = 0; i < ps.size(); ++i) {
-    a[i].tokens = b[i].tokens = {int32_t(3 + 5 * i), int32_t(17 + i), int32_t(40 + 3 * i)};
-    sa.emplace_back(ps[i]);
-    sb.emplace_back(ps[i]);
-  }
-  for (int s = 0; s < steps; ++s) {
-    std::vector<Sequence*> seqs_a, seqs_b;
-    std::vector<Sampler*> samp_a;
-    for (size_t i = 0; i < ps.size(); ++i) {
-      seqs_a.push_back(&a[i]);
-      seqs_b.push_back(&b[i]);
-      samp_a.push_back(&sa[i]);
-    }
-    std::vector<int32_t> ids;
-    Status st = engine.step_sample(seqs_a, samp_a, &ids);
-    ASSERT_TRUE(st.is_ok()) << st.message();
-    ASSERT_EQ(ids.size(), ps.size());
-    std::vector<float> logits;
-    st = engine.step(seqs_b, &logits);
-    ASSERT_TRUE(st.is_ok()) << st.message();
-    for (size_t i = 0; i < ps.size(); ++i) {
-      const float* row = logits.data() + i * size_t(vocab);
-      // The draw sb[i] takes, seen ahead on a copy, for the boundary check.
-      Sampler peek = sb[i];
-      cpu::SampleRowScratch scratch;
-      cpu::SampleRowInfo info;
-      const double u = peek.greedy() ? 0.0 : peek.next_uniform();
-      cpu::sample_row(row, vocab, ps[i].temperature, ps[i].top_k, ps[i].top_p, u, &scratch, &info);
-      const int32_t want = sb[i].sample(row, vocab);
-      ++*compared;
-      if (ids[i] != want) ++*(info.margin < 1e-6 ? at_boundary : differ);
-      // Both sequences continue with the host's choice so the paths stay comparable.
-      a[i].tokens.push_back(want);
-      b[i].tokens.push_back(want);
-    }
-  }
-  for (size_t i = 0; i < ps.size(); ++i) {
-    engine.release(&a[i]);
-    engine.release(&b[i]);
-  }
-}
+using sampling_test::compare;
+using sampling_test::make_engine;
 
 TEST(EngineSampling, CpuStepSampleEqualsStepPlusSampler) {
   auto engine = make_engine("cpu");
@@ -104,17 +37,6 @@ TEST(EngineSampling, StepSampleRejectsBadParameters) {
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("top_p"), std::string::npos) << st.message();
   EXPECT_EQ(engine->step_sample({&seq}, {}, &ids).code(), StatusCode::kInvalidArgument);
-}
-
-TEST(EngineSampling, CudaDeviceSamplerAgreesWithTheHostSampler) {
-  auto engine = make_engine("cuda");
-  if (!engine) GTEST_SKIP() << "no CUDA backend: device sampling in the engine not run";
-  int compared = 0, at_boundary = 0, differ = 0;
-  compare(*engine, 12, &compared, &at_boundary, &differ);
-  std::printf("[engine sampling] compared %d, differ at a boundary %d, differ elsewhere %d\n", compared, at_boundary, differ);
-  EXPECT_EQ(compared, 48);
-  EXPECT_EQ(differ, 0);
-  EXPECT_LE(at_boundary, 1);
 }
 
 }  // namespace
