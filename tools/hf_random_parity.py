@@ -203,6 +203,22 @@ def read_moex_logits(path):
     return argmax, ids, vals, vocab
 
 
+def fp32_routers(model):
+    """Makes every top-k router module compute its logits in fp32: its weight becomes fp32 (the
+    same values: bf16 -> fp32 is exact) and its input is cast to fp32 on entry. Returns the count."""
+    count = 0
+    for module in model.modules():
+        name = type(module).__name__
+        if not name.lower().endswith("topkrouter"):
+            continue
+        module.weight.data = module.weight.data.float()
+        module.register_forward_pre_hook(lambda _m, args: (args[0].float(),) + tuple(args[1:]))
+        count += 1
+    if count == 0:
+        raise SystemExit("--hf-fp32-router: no *TopKRouter module found in this model")
+    return count
+
+
 def hf_logits(model, x, m_top1):
     """HF argmax [T], top-5 logits [T, 5], row rms [T] and its logit of moex's top-1 [T]; logits
     in fp32 from the final hidden state, as moex's lm-head matmul writes fp32."""
@@ -230,6 +246,10 @@ def main():
     ap.add_argument("--fp32-floor", action="store_true",
                     help="also run HF in fp32 first (needs 2x the bf16 memory) and report top-1 agreement of "
                          "moex and of HF-bf16 with it")
+    ap.add_argument("--hf-fp32-router", action="store_true",
+                    help="compute HF's router logits in fp32 from the bf16 hidden state (moex computes every "
+                         "family's router logits in fp32, as HF's own DeepSeek routers do; HF's Qwen3-MoE and "
+                         "Mixtral routers round them to bf16)")
     ap.add_argument("--min-agreement", type=float, default=0.99)
     ap.add_argument("--json", default=None, help="write the summary here too")
     ap.add_argument("--workdir", default=None, help="keep the id and logits files here")
@@ -276,6 +296,7 @@ def main():
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32 if args.fp32_floor else hf_dtype)
     model.eval()
     filled = fill_model(model, cfg, args.seed, ckpt_dtype, device)
+    routers = fp32_routers(model) if args.hf_fp32_router else 0
     fill_s = time.time() - t0
     x = torch.tensor(ids, device=device).unsqueeze(0)
     m_top1 = torch.tensor(m_argmax, device=device, dtype=torch.int64)
@@ -300,7 +321,7 @@ def main():
     summary = {
         "config_dir": args.config_dir, "model_type": cfg.model_type, "seed": args.seed, "tokens": int(args.tokens),
         "vocab": int(vocab), "moex_device": moex_device, "hf_device": str(device), "hf_dtype": str(hf_dtype),
-        "hf_tensors_filled": filled,
+        "hf_tensors_filled": filled, "hf_fp32_routers": routers,
         "top1_agreement": float(agree.mean()),
         "disagreements": int(dis.sum()),
         "disagreements_within_bf16_noise": int((dis & (margin <= noise)).sum()),
