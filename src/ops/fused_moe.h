@@ -1,8 +1,10 @@
 // The routed-experts part of an MoE layer:
 //   out[t] = sum over slots j = 0..top_k-1, in slot order, of
 //            topk_weights[t, j] * down_e(silu(gate_e(x[t])) * up_e(x[t])),  e = topk_ids[t, j]
-// fp32 accumulation and one final rounding to out's dtype. The sum order is fixed (slot order),
-// so a token's result does not depend on the other tokens in the batch.
+// fp32 accumulation; each slot's weighted term is rounded to out's dtype once, then the terms
+// are summed in fp32 and rounded to out's dtype (src/backend/cpu/fused_moe.cpp has the exact
+// expressions). The sum order is fixed (slot order), so a token's result does not depend on
+// the other tokens in the batch.
 #pragma once
 #include "core/tensor.h"
 

@@ -1,7 +1,9 @@
 // CUDA vs CPU fused MoE over real model shapes (few tokens where big), expert maps, odd sizes,
-// many rows per expert (the pipelined GEMM tiles), and batch invariance: a token's output bits
-// depend neither on the other tokens nor on the GEMM tile chosen (MOEX_GEMM_TILE).
+// many rows per expert (the pipelined GEMM tiles), f32 output (f32 partials), and batch
+// invariance: a token's output bits depend neither on the other tokens nor on the GEMM tile
+// (MOEX_GEMM_TILE, MOEX_MOE_TILE_POLICY) nor on the block order (MOEX_MOE_RASTER).
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 
 #include "cuda_ops/cuda_ops_util.h"
@@ -71,16 +73,17 @@ class FusedMoeTest : public CudaOpsTest {
     return p;
   }
 
-  void check(const MoeShape& s, const MoeWeights& w, int64_t n) {
-    SCOPED_TRACE(std::string(s.name) + " n " + std::to_string(n) + " seed " + std::to_string(seed_));
+  void check(const MoeShape& s, const MoeWeights& w, int64_t n, DType out_dtype = DType::kBF16) {
+    SCOPED_TRACE(std::string(s.name) + " n " + std::to_string(n) + " out " + std::string(dtype_name(out_dtype)) + " seed " +
+                 std::to_string(seed_));
     const bool use_map = s.local < s.experts;
     HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
     HostTensor ids = make_ids(s, w, n);
     HostTensor wts = host_random(DType::kF32, {n, s.top_k}, rng_, 0.05f, 1.f);
-    HostTensor ref = host_tensor(DType::kBF16, {n, s.hidden});
+    HostTensor ref = host_tensor(out_dtype, {n, s.hidden});
     MOEX_ASSERT_OK(cpu_->fused_moe(params(x.t, ids.t, wts.t, w.w13.t, w.w2.t, w.map.t, ref.t, use_map)));
     DeviceTensor dx = to_device(*gpu_, x), dids = to_device(*gpu_, ids), dwts = to_device(*gpu_, wts);
-    DeviceTensor dout = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
+    DeviceTensor dout = device_poisoned(*gpu_, out_dtype, {n, s.hidden});
     MOEX_ASSERT_OK(gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, dout.t, use_map)));
     EXPECT_LT(rel_l2(to_host(*gpu_, dout), ref), kTolBf16);
   }
@@ -131,6 +134,16 @@ TEST_F(FusedMoeTest, ManyRowsPerExpertPipelinedTiles) {
   }
 }
 
+// f32 output keeps f32 partials (moe_combine.cuh): both paths and the wgmma tiles.
+TEST_F(FusedMoeTest, F32Output) {
+  const MoeShape s{"qwen3-30b-a3b", 128, 8, 2048, 768, 128};
+  const MoeWeights w = make_weights(s);
+  for (const int64_t n : {3, 300}) check(s, w, n, DType::kF32);
+  const MoeShape m{"8 experts, many rows", 8, 2, 1024, 352, 8};
+  const MoeWeights wm = make_weights(m);
+  check(m, wm, 700, DType::kF32);
+}
+
 TEST_F(FusedMoeTest, TokenBitsDoNotDependOnTile) {
   const MoeShape s{"8 experts, many rows", 8, 2, 1024, 352, 8};
   const MoeWeights w = make_weights(s);
@@ -143,14 +156,24 @@ TEST_F(FusedMoeTest, TokenBitsDoNotDependOnTile) {
   DeviceTensor dall = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
   MOEX_ASSERT_OK(gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, dall.t, false)));
   HostTensor all = to_host(*gpu_, dall);
-  for (const char* tile : {"wide", "square", "short"}) {
-    setenv("MOEX_GEMM_TILE", tile, 1);
+  // Each forced tile (wgmma ones where the device has them), the old tile policy, block orders
+  // with 1, 3 and 64 row tiles per raster group, a 128x256 tile on one GEMM only, and the three
+  // wgmma mainloop variants.
+  const std::pair<const char*, const char*> knobs[] = {
+      {"MOEX_GEMM_TILE", "wide"},        {"MOEX_GEMM_TILE", "square"}, {"MOEX_GEMM_TILE", "short"},
+      {"MOEX_GEMM_TILE", "wmma"},        {"MOEX_GEMM_TILE", "wgmma"},  {"MOEX_GEMM_TILE", "wgsq"},
+      {"MOEX_MOE_TILE_POLICY", "1"},     {"MOEX_MOE_RASTER", "1"},     {"MOEX_MOE_RASTER", "3"},
+      {"MOEX_MOE_RASTER", "64"},         {"MOEX_MOE_WG13", "wide"},    {"MOEX_MOE_WG2", "wide"},
+      {"MOEX_MOE_WG_MODE", "0"},         {"MOEX_MOE_WG_MODE", "2"}};
+  for (const auto& [name, value] : knobs) {
+    setenv(name, value, 1);
     DeviceTensor d = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
     const Status st = gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, d.t, false));
-    unsetenv("MOEX_GEMM_TILE");
+    unsetenv(name);
     MOEX_ASSERT_OK(st);
     HostTensor got = to_host(*gpu_, d);
-    for (int64_t r = 0; r < n; ++r) ASSERT_TRUE(rows_bit_equal(got, r, all, r)) << "token " << r << " tile " << tile;
+    for (int64_t r = 0; r < n; ++r)
+      ASSERT_TRUE(rows_bit_equal(got, r, all, r)) << "token " << r << " " << name << "=" << value;
   }
   for (const int64_t batch : {1, 50, 200, 300}) {  // 16-row WMMA, 64-row and 128-row tiles by count
     const int64_t t0 = rng_.uniform_int(0, int(n - batch));
@@ -161,6 +184,49 @@ TEST_F(FusedMoeTest, TokenBitsDoNotDependOnTile) {
     for (int64_t r = 0; r < batch; ++r)
       ASSERT_TRUE(rows_bit_equal(part, r, all, t0 + r)) << "token " << t0 + r << " in a batch of " << batch;
   }
+}
+
+// Few rows per expert (160 tokens of Qwen3-30B-A3B: ~10 per expert) run the wgmma tile with its
+// empty half skipped; a token alone runs the decode path (mma.sync). Every wgmma variant and
+// the old tile policy must give each token the bits of the decode path. Counts are printed
+// before the check so that a failure says which variant differs.
+TEST_F(FusedMoeTest, FewRowsPerExpertBitsMatchTheDecodePath) {
+  const MoeShape s{"qwen3-30b-a3b", 128, 8, 2048, 768, 128};
+  const MoeWeights w = make_weights(s);
+  const int64_t n = 160;
+  HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
+  HostTensor ids = make_ids(s, w, n);
+  HostTensor wts = host_random(DType::kF32, {n, s.top_k}, rng_, 0.05f, 1.f);
+  DeviceTensor dx = to_device(*gpu_, x), dids = to_device(*gpu_, ids), dwts = to_device(*gpu_, wts);
+  std::vector<int64_t> probe;
+  for (int i = 0; i < 12; ++i) probe.push_back(rng_.uniform_int(0, int(n - 1)));
+  std::vector<HostTensor> alone;
+  for (const int64_t t : probe) {
+    DeviceTensor d = device_poisoned(*gpu_, DType::kBF16, {1, s.hidden});
+    MOEX_ASSERT_OK(gpu_->fused_moe(params(dx.t.slice(0, t, t + 1), dids.t.slice(0, t, t + 1), dwts.t.slice(0, t, t + 1),
+                                          w.d_w13.t, w.d_w2.t, w.d_map.t, d.t, false)));
+    alone.push_back(to_host(*gpu_, d));
+  }
+  const std::pair<const char*, const char*> knobs[] = {{"MOEX_MOE_WG_MODE", "1"},
+                                                        {"MOEX_MOE_WG_MODE", "0"},
+                                                        {"MOEX_MOE_WG_MODE", "2"},
+                                                        {"MOEX_MOE_TILE_POLICY", "1"}};
+  std::vector<int> differing;
+  for (const auto& [name, value] : knobs) {
+    setenv(name, value, 1);
+    DeviceTensor d = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
+    const Status st = gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, d.t, false));
+    unsetenv(name);
+    MOEX_ASSERT_OK(st);
+    HostTensor all = to_host(*gpu_, d);
+    int rows = 0;
+    for (size_t i = 0; i < probe.size(); ++i) rows += rows_bit_equal(alone[i], 0, all, probe[i]) ? 0 : 1;
+    std::printf("[ BITS     ] %s=%s: %d of %zu probed tokens differ from the decode path\n", name, value, rows,
+                probe.size());
+    differing.push_back(rows);
+  }
+  for (size_t k = 0; k < differing.size(); ++k)
+    EXPECT_EQ(differing[k], 0) << knobs[k].first << "=" << knobs[k].second;
 }
 
 TEST_F(FusedMoeTest, TokenBitsDoNotDependOnBatch) {

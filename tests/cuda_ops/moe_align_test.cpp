@@ -1,6 +1,9 @@
 // The MoE align step against a host computation: counts, offsets, the expert-grouped slot
-// list (ascending within an expert) and the tile plan must match exactly.
+// list (ascending within an expert) and the tile plan must match exactly, for both kernel sets
+// (the chunked one with its block_base scratch, and the per-expert one without).
 #if defined(MOEX_WITH_CUDA)
+#include <algorithm>
+
 #include "backend/cuda/cuda_backend.h"
 #include "cuda_ops/cuda_ops_util.h"
 #include "kernels/moe/moe.h"
@@ -13,9 +16,11 @@ class MoeAlignTest : public CudaOpsTest {};
 TEST_F(MoeAlignTest, MatchesHostGrouping) {
   struct Case { int experts, local, top_k, tokens, tile_m; };
   for (const Case c : {Case{128, 128, 8, 1, 16}, Case{128, 128, 8, 300, 64}, Case{256, 17, 8, 77, 16},
-                       Case{8, 8, 2, 1000, 64}, Case{10, 3, 3, 5, 16}}) {
+                       Case{8, 8, 2, 1000, 64}, Case{10, 3, 3, 5, 16}, Case{128, 128, 8, 4099, 128},
+                       Case{256, 40, 9, 1500, 128}, Case{1100, 1100, 4, 600, 64}}) {
+   for (const bool chunked : {true, false}) {
     SCOPED_TRACE("experts " + std::to_string(c.experts) + " local " + std::to_string(c.local) + " tokens " +
-                 std::to_string(c.tokens) + " seed " + std::to_string(seed_));
+                 std::to_string(c.tokens) + (chunked ? " chunked" : " per-expert") + " seed " + std::to_string(seed_));
     const int slots = c.tokens * c.top_k;
     std::vector<int32_t> ids(static_cast<size_t>(slots)), map(static_cast<size_t>(c.experts), -1);
     for (auto& id : ids) id = rng_.uniform_int(0, c.experts - 1);
@@ -47,8 +52,11 @@ TEST_F(MoeAlignTest, MatchesHostGrouping) {
     DeviceTensor d_te = device_poisoned(*gpu_, DType::kI32, {max_tiles});
     DeviceTensor d_tr = device_poisoned(*gpu_, DType::kI32, {max_tiles});
     DeviceTensor d_nt = device_poisoned(*gpu_, DType::kI32, {1});
+    const int scratch = kernels::moe_align_scratch(slots, c.local);
+    DeviceTensor d_base = device_poisoned(*gpu_, DType::kI32, {std::max(1, scratch)});
     kernels::MoeAlignment al{d_counts.t.ptr<int32_t>(), d_offsets.t.ptr<int32_t>(), d_sorted.t.ptr<int32_t>(),
-                             d_te.t.ptr<int32_t>(), d_tr.t.ptr<int32_t>(), d_nt.t.ptr<int32_t>()};
+                             d_te.t.ptr<int32_t>(), d_tr.t.ptr<int32_t>(), d_nt.t.ptr<int32_t>(),
+                             chunked && scratch > 0 ? d_base.t.ptr<int32_t>() : nullptr};
     auto* cuda = dynamic_cast<CudaBackend*>(gpu_.get());
     ASSERT_NE(cuda, nullptr);
     ASSERT_EQ(kernels::launch_moe_align(d_ids.t.ptr<int32_t>(), slots, identity ? nullptr : d_map.t.ptr<int32_t>(),
@@ -65,6 +73,7 @@ TEST_F(MoeAlignTest, MatchesHostGrouping) {
       ASSERT_EQ(h_te.i32(int64_t(i)), tile_expert[i]) << "tile " << i;
       ASSERT_EQ(h_tr.i32(int64_t(i)), tile_row[i]) << "tile " << i;
     }
+   }
   }
 }
 

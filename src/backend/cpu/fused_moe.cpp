@@ -5,9 +5,11 @@
 //   h[pair, i]  = silu(dot(x[t], gate_e[i])) * dot(x[t], up_e[i])   (fp32; dots in the 16-lane
 //                 order of cpu_common.h), rounded to x's dtype as a bf16 GPU kernel stores it
 //   y[pair, c]  = dot(h[pair], down_e[c])
-//   out[t, c]   = sum over slots j = 0..top_k-1 in slot order of w[t, j] * y[(t, j), c], fp32,
-//                 starting from 0; slots whose expert is not local (expert_map -1) are skipped;
-//                 one rounding to out's dtype.
+//   p[pair, c]  = w[t, j] * y[pair, c] in fp32 (one product, no FMA), rounded to out's dtype:
+//                 the weighted partial the GPU's GEMM 2 epilogue stores (kernels/moe/moe_combine.cuh)
+//   out[t, c]   = sum over slots j = 0..top_k-1 in slot order of p[(t, j), c], fp32, starting
+//                 from 0; slots whose expert is not local (expert_map -1) are skipped; one
+//                 rounding to out's dtype.
 #include <algorithm>
 #include <vector>
 
@@ -181,7 +183,10 @@ Status fused_moe(const Ctx& ctx, const ops::FusedMoeParams& p) {
         if (pair_local[size_t(q)] < 0) continue;
         const float w = p.topk_weights.ptr<const float>()[t * p.topk_weights.stride[0] + j * p.topk_weights.stride[1]];
         const float* y = ybuf.data() + q * hidden;  // [hidden]
-        for (int64_t c = 0; c < hidden; ++c) a[c] += w * y[c];
+        for (int64_t c = 0; c < hidden; ++c) {
+          const float prod = w * y[c];  // rounded to fp32 here: never fused with the add below
+          a[c] += round_as(p.out.dtype, prod);
+        }
       }
       store_row(static_cast<char*>(p.out.data) + t * p.out.stride[0] * int64_t(os), p.out.dtype, p.out.stride[1], hidden, a);
     });

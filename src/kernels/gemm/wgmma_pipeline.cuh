@@ -96,38 +96,48 @@ __device__ void wg_store_acc(const WgSmem<Cfg>& s, const float (&acc)[Cfg::kAcc]
 
 // Computes the tile into s.c(). Same contract as pipe_tile: s.a_row() / s.b_row() filled, row 0
 // of each non-null, a __syncthreads() before; ends with a __syncthreads() (s.c() ready).
-template <class Cfg>
-__device__ void wg_tile(const WgSmem<Cfg>& s, int K) {
+// `rows` (grouped MoE tiles, often far fewer than 128 rows): A rows in use, rows >= rows are
+// nullptr; a warpgroup whose 64 rows are all past it issues no wgmma (a tile of <= 64 rows costs
+// half the tensor-core time), and its s.c() rows are left unset. kSkipLoads: rows past the tile
+// (A) or past N (B, nullptr) are not loaded at all instead of zero-filled (row r of C depends on
+// row r of A only and column c on row c of B, and those are never stored). Neither changes the
+// bits of a stored element (docs/kernels/fused_moe.md).
+template <class Cfg, bool kSkipLoads = false>
+__device__ void wg_tile(const WgSmem<Cfg>& s, int K, int rows = Cfg::BM) {
   using bf16 = __nv_bfloat16;
+  constexpr int kBK = kPipeBK;
   constexpr int kARows = Cfg::BM / 32, kBRows = Cfg::BN / 32;  // rows each thread loads
   const int tid = threadIdx.x, wgi = tid >> 7;
+  const bool mma_on = wgi * 64 < rows;  // uniform per warpgroup
   const int lrow = tid >> 3, lchunk = tid & 7;
   const uint32_t ld_off = uint32_t(lrow * 128 + ((lchunk ^ (lrow & 7)) << 4));
-  const bf16* a_src[kARows];  // [kARows] A rows lrow + 32 i, each [K]
-  const bf16* b_src[kBRows];  // [kBRows] B rows lrow + 32 i, each [K]
+  const bf16* a_src[kARows];  // [kARows] A rows lrow + 32 i, each [K], or nullptr
+  const bf16* b_src[kBRows];  // [kBRows] B rows lrow + 32 i, each [K], or nullptr
 #pragma unroll
   for (int i = 0; i < kARows; ++i) a_src[i] = s.a_row()[lrow + 32 * i];
 #pragma unroll
   for (int i = 0; i < kBRows; ++i) b_src[i] = s.b_row()[lrow + 32 * i];
-  const bf16* const a_any = s.a_row()[0];
+  const bf16* const a_any = s.a_row()[0];  // a valid address for zero-fill copies (row 0 exists)
   const bf16* const b_any = s.b_row()[0];
   const uint32_t smem0 = ptx::smem_addr(s.base);
-  constexpr uint32_t kStageBytes = Cfg::kStageElems * 2, kBOff = Cfg::BM * kPipeBK * 2;
+  constexpr uint32_t kStageBytes = Cfg::kStageElems * 2, kBOff = Cfg::BM * kBK * 2;
 
   auto load_stage = [&](int st, int kt) {
-    const int k = kt * kPipeBK + lchunk * 8;
+    const int k = kt * kBK + lchunk * 8;
     const bool in_k = k < K;
     const uint32_t a_dst = smem0 + st * kStageBytes + ld_off;
 #pragma unroll
     for (int i = 0; i < kARows; ++i) {
       const bool ok = in_k && a_src[i] != nullptr;
-      ptx::cp_async_16(a_dst + i * 32 * 128, ok ? a_src[i] + k : a_any, ok ? 16 : 0);
+      if (!kSkipLoads || a_src[i] != nullptr)
+        ptx::cp_async_16(a_dst + i * 32 * 128, ok ? a_src[i] + k : a_any, ok ? 16 : 0);
     }
     const uint32_t b_dst = a_dst + kBOff;
 #pragma unroll
     for (int i = 0; i < kBRows; ++i) {
       const bool ok = in_k && b_src[i] != nullptr;
-      ptx::cp_async_16(b_dst + i * 32 * 128, ok ? b_src[i] + k : b_any, ok ? 16 : 0);
+      if (!kSkipLoads || b_src[i] != nullptr)
+        ptx::cp_async_16(b_dst + i * 32 * 128, ok ? b_src[i] + k : b_any, ok ? 16 : 0);
     }
   };
 
@@ -136,7 +146,7 @@ __device__ void wg_tile(const WgSmem<Cfg>& s, int K) {
   for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0.f;
 
   constexpr int kAhead = Cfg::kAhead;
-  const int nk = (K + kPipeBK - 1) / kPipeBK;
+  const int nk = (K + kBK - 1) / kBK;
 #pragma unroll
   for (int st = 0; st < kAhead; ++st) {
     if (st < nk) load_stage(st, st);
@@ -151,23 +161,27 @@ __device__ void wg_tile(const WgSmem<Cfg>& s, int K) {
       if (next < nk) load_stage(next % Cfg::STAGES, next);
       ptx::cp_async_commit();
     }
-    const uint32_t a_base = smem0 + (kt % Cfg::STAGES) * kStageBytes + wgi * 64 * 128;
-    const uint32_t b_base = smem0 + (kt % Cfg::STAGES) * kStageBytes + kBOff;
-    const uint64_t da = wg::desc_sw128(a_base), db = wg::desc_sw128(b_base);
-    wg::fence_operands(acc);
-    wg::fence();
+    if (mma_on) {
+      const uint32_t a_base = smem0 + (kt % Cfg::STAGES) * kStageBytes + wgi * 64 * 128;
+      const uint32_t b_base = smem0 + (kt % Cfg::STAGES) * kStageBytes + kBOff;
+      const uint64_t da = wg::desc_sw128(a_base), db = wg::desc_sw128(b_base);
+      wg::fence_operands(acc);
+      wg::fence();
 #pragma unroll
-    for (int kk = 0; kk < kPipeBK / 16; ++kk) wg::mma<Cfg::BN>(acc, da + 2 * kk, db + 2 * kk);  // +32 bytes per k16
-    wg::commit();
-    wg::wait<Cfg::KEEP>();
+      for (int kk = 0; kk < kBK / 16; ++kk) wg::mma<Cfg::BN>(acc, da + 2 * kk, db + 2 * kk);  // +32 bytes per k16
+      wg::commit();
+      wg::wait<Cfg::KEEP>();
+      wg::fence_operands(acc);
+    }
+  }
+  if (mma_on) {
+    wg::wait<0>();
     wg::fence_operands(acc);
   }
-  wg::wait<0>();
-  wg::fence_operands(acc);
   ptx::cp_async_wait<0>();
   __syncthreads();  // every warpgroup is done with the stages: C may overwrite them
 
-  wg_store_acc<Cfg>(s, acc, tid);
+  if (mma_on) wg_store_acc<Cfg>(s, acc, tid);
   __syncthreads();
 }
 

@@ -6,21 +6,24 @@
 //   1. gate/up: grid (inter / 32, expert rank); each block finds its expert (the rank-th active
 //      local expert in ascending id order) and that expert's slots straight from topk_ids, then
 //      streams 32 gate + 32 up rows with cp.async and writes h = bf16(silu(gate) * up) per slot;
-//   2. down: grid (hidden / 64, expert rank): y[slot] = h[slot] @ w2[e]^T in fp32;
-//   3. combine: out[t] = round(sum over slots j in order of w[t, j] * y[t * top_k + j]).
+//   2. down: grid (hidden / 64, expert rank): y = h[slot] @ w2[e]^T in fp32, stored as the
+//      weighted partial part[slot] = P(w[t, j] * y) (moe_combine.cuh);
+//   3. combine (fused_moe.cu's): out[t] = round(sum over slots j in order of part[t * top_k + j]).
 // Kernels 2 and 3 are launched with programmatic dependent launch: kernel 2 finds its expert and
 // prefetches its first w2 stages while kernel 1 finishes, then waits for h (griddepcontrol).
 //
 // Bits: the prefill path (fused_moe.cu, gemm/mma_tile.cuh) computes each gate/up/down element as
 // a chain of bf16 k16 MMAs from a zero accumulator in ascending K order, with the token row as the
 // A operand and the weight row as B. Here the MMA is the same m16n8k16 step with the same operand
-// roles and the same K order, and the epilogues (silu rounding, fp32 y, slot-order combine) are
-// the same expressions, so a token's output is bit-identical on both paths.
+// roles and the same K order, and the epilogues (silu rounding, weighted partial, slot-order combine) are
+// the same expressions (moe_combine.cuh), so a token's output is bit-identical on both paths.
 #include <algorithm>
 #include <cstdlib>
 #include <utility>
 
 #include "kernels/common/dtype.cuh"
+#include "kernels/moe/moe.h"
+#include "kernels/moe/moe_combine.cuh"
 #include "kernels/moe/moe_decode.h"
 
 namespace moex::kernels {
@@ -46,7 +49,9 @@ struct DecodeArgs {
   const bf16* w13; int64_t sw13_e, sw13_r;  // [local_experts, 2 * inter, hidden]
   const bf16* w2; int64_t sw2_e, sw2_r;     // [local_experts, hidden, inter]
   bf16* h;                                  // [slots, inter] by slot index
-  float* y;                                 // [slots, hidden] by slot index
+  void* part;                               // [slots, hidden] weighted partials by slot index
+  moe::PartKind part_kind;                  // (moe_combine.cuh)
+  const float* w; int64_t s_w;              // [n, top_k] routing weights, row stride s_w
   int hidden, inter;
 };
 
@@ -291,7 +296,7 @@ __global__ void __launch_bounds__(kThreads) moe_decode_gate_up_kernel(DecodeArgs
   }
 }
 
-// Kernel 2: y[slot, c] = h[slot] . w2[e, c] in fp32 for the block's 64 hidden rows.
+// Kernel 2: part[slot, c] = P(w * (h[slot] . w2[e, c])) for the block's 64 hidden rows.
 template <int MT, int ST>
 __global__ void __launch_bounds__(kThreads) moe_decode_down_kernel(DecodeArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -322,30 +327,15 @@ __global__ void __launch_bounds__(kThreads) moe_decode_down_kernel(DecodeArgs a)
       for (int half = 0; half < 2; ++half) {
         const int t = mi * 16 + lane / 4 + half * 8;
         if (t >= mt) continue;
-        float* yr = a.y + int64_t(s.list[g0 + t]) * a.hidden + c0 + warp * 16 + (lane % 4) * 2;
+        const int slot = s.list[g0 + t];
+        const float wt = a.w[int64_t(slot / a.top_k) * a.s_w + slot % a.top_k];
+        const int64_t yi = int64_t(slot) * a.hidden + c0 + warp * 16 + (lane % 4) * 2;
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
-          *reinterpret_cast<float2*>(yr + nt * 8) = make_float2(acc[mi][nt][half * 2], acc[mi][nt][half * 2 + 1]);
+          moe::store_part2(a.part, a.part_kind, yi + nt * 8, moe::weighted(wt, acc[mi][nt][half * 2]),
+                           moe::weighted(wt, acc[mi][nt][half * 2 + 1]));
       }
     }
-  }
-}
-
-// Kernel 3: the same slot-order combine as the prefill path (same expression, same rounding).
-template <class TOut>
-__global__ void moe_decode_combine_kernel(const float* y, const int32_t* ids, int64_t s_ids, const float* weights,
-                                          int64_t s_w, const int32_t* map, int num_experts, int local_experts,
-                                          int top_k, int hidden, TOut* out, int64_t s_out) {
-  pdl_wait();  // y complete and visible
-  const int t = blockIdx.x;
-  for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
-    float acc = 0.f;
-    for (int j = 0; j < top_k; ++j) {
-      const int e = local_expert(ids[int64_t(t) * s_ids + j], map, num_experts, local_experts);
-      if (e < 0) continue;
-      acc += weights[int64_t(t) * s_w + j] * y[(int64_t(t) * top_k + j) * hidden + c];
-    }
-    out[int64_t(t) * s_out + c] = from_f32<TOut>(acc);
   }
 }
 
@@ -456,11 +446,14 @@ cudaError_t launch_moe_decode(const ops::FusedMoeParams& p, Scratch& scratch, cu
   a.w13 = p.w13.ptr<bf16>(); a.sw13_e = p.w13.stride[0]; a.sw13_r = p.w13.stride[1];
   a.w2 = p.w2.ptr<bf16>(); a.sw2_e = p.w2.stride[0]; a.sw2_r = p.w2.stride[1];
   using C = ScratchCarver;
-  const size_t bytes = C::bytes_for<bf16>(size_t(a.slots) * a.inter) + C::bytes_for<float>(size_t(a.slots) * a.hidden);
+  a.part_kind = moe_part_kind(p.out.dtype);
+  a.w = p.topk_weights.ptr<float>(); a.s_w = p.topk_weights.stride[0];
+  const size_t part_bytes = size_t(a.slots) * a.hidden * (a.part_kind == moe::PartKind::kBF16 ? sizeof(bf16) : sizeof(float));
+  const size_t bytes = C::bytes_for<bf16>(size_t(a.slots) * a.inter) + C::bytes_for<char>(part_bytes);
   C carver{static_cast<char*>(scratch.get(bytes))};
   if (carver.base == nullptr) return cudaErrorMemoryAllocation;
   a.h = carver.carve<bf16>(size_t(a.slots) * a.inter);
-  a.y = carver.carve<float>(size_t(a.slots) * a.hidden);
+  a.part = carver.carve<char>(part_bytes);
   // Token tile: a slot group of up to MT rows shares each weight load; larger groups loop.
   const bool pdl = pdl_setting();
   cudaError_t err;
@@ -470,14 +463,14 @@ cudaError_t launch_moe_decode(const ops::FusedMoeParams& p, Scratch& scratch, cu
   else if (sa == 8) err = launch_gemms16<8>(a, sb, pdl, stream);
   else err = launch_gemms16<6>(a, sb, pdl, stream);
   if (err != cudaSuccess) return err;
-  const bool ok = dispatch_act(p.out.dtype, [&](auto to) {
-    using TO = decltype(to);
-    err = launch(moe_decode_combine_kernel<TO>, dim3(n), dim3(256), 0, pdl, stream, a.y, a.ids, a.s_ids,
-                 p.topk_weights.ptr<float>(), p.topk_weights.stride[0], a.map, a.num_experts, a.local_experts,
-                 a.top_k, a.hidden, p.out.ptr<TO>(), p.out.stride[0]);
-  });
-  if (!ok) return cudaErrorInvalidValue;
-  return err;
+  moe::CombineArgs c{};
+  c.part = a.part;
+  c.ids = a.ids; c.s_ids = a.s_ids;
+  c.map = a.map; c.num_experts = a.num_experts; c.local_experts = a.local_experts;
+  c.top_k = a.top_k; c.hidden = a.hidden;
+  c.out = p.out.data; c.s_out = p.out.stride[0];
+  c.vec = moe::combine_vec_ok(c.out, c.s_out, a.hidden);
+  return launch_moe_combine(c, a.part_kind, p.out.dtype, n, pdl, stream);
 }
 
 }  // namespace moex::kernels
