@@ -509,6 +509,22 @@ TEST_F(NsaTest, DecodeBf16CacheGroup16) {
                DType::kBF16);
 }
 
+// The tensor-core decode path (nsa_decode_fast.cu: bf16 q and caches, G 16 or 32): lengths on
+// both sides of the block, chunk and page boundaries, 0 to 312 compressed blocks (1 or 2
+// compressed chunks), selected and window keys over several chunks, no forced blocks, window 0.
+TEST_F(NsaTest, DecodeTensorCoreGroup16) {
+  check_decode({"decode tc g16", 32, 2, 128, 128, cfg_of(64, 64, 64, 16, 512), {1, 63, 64, 65, 200, 1000, 4097, 8256, 9000}},
+               64, DType::kBF16);
+}
+TEST_F(NsaTest, DecodeTensorCoreGroup32Dims192x128) {
+  check_decode({"decode tc g32 192/128", 32, 1, 192, 128, cfg_of(32, 16, 64, 16, 512), {31, 32, 48, 700, 3000, 5000}},
+               16, DType::kBF16);
+}
+TEST_F(NsaTest, DecodeTensorCoreNoForcedWindow0) {
+  check_decode({"decode tc no forced w0", 16, 1, 64, 64, cfg_of(32, 32, 32, 3, 0, 0, 0), {1, 31, 32, 33, 500, 2000}}, 16,
+               DType::kBF16);
+}
+
 // 11 sequences: every compressed split count from 0 to 6, key splits of both branches, window 0
 // (no window splits) beside window 300, group 8; alone, in 3 and in 11 the same bits.
 TEST_F(NsaTest, DecodeBatchOf11SameBits) {

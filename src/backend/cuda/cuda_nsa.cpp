@@ -6,6 +6,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/float_op_check.h"
 #include "kernels/attention/nsa/nsa.h"
+#include "kernels/attention/nsa/nsa_decode_fast.h"
 #include "kernels/attention/nsa/nsa_decode_split.h"
 
 namespace moex {
@@ -179,8 +180,15 @@ Status CudaBackend::nsa_decode(const ops::NsaDecodeParams& p) {
   k.cmp.k_srow = p.k_cmp_cache.stride[0]; k.cmp.k_sj = p.k_cmp_cache.stride[1]; k.cmp.k_sh = p.k_cmp_cache.stride[2];
   k.cmp.v_srow = p.v_cmp_cache.stride[0]; k.cmp.v_sj = p.v_cmp_cache.stride[1]; k.cmp.v_sh = p.v_cmp_cache.stride[2];
   k.cmp.cmp_rows = p.cmp_rows.ptr<int32_t>();
-  // Split-KV kernels (nsa_decode_split.h) where the shape fits them; the one-CTA-per-head
-  // kernels of the forward otherwise.
+  // The tensor-core path (nsa_decode_fast.h: 2 launches, pools the closed block itself) where
+  // the shape fits it; else the CUDA-core split-KV kernels (nsa_decode_split.h); else the
+  // one-CTA-per-head kernels of the forward.
+  if (knsa::decode_fast_supported(k)) {
+    void* base = get(knsa::decode_fast_scratch_bytes(k));
+    if (base == nullptr) return c.fail("out of device memory for scratch");
+    return cuda_status(knsa::launch_decode_fast(k, p.update_cmp, base, stream_),
+                       "cuda nsa_decode: tensor-core attention launch");
+  }
   const bool split = knsa::decode_split_supported(k);
   if (!split) MOEX_RETURN_IF_ERROR(check_smem(c, k));
 
