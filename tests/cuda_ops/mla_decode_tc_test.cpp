@@ -76,6 +76,16 @@ TEST_F(MlaDecodeTcTest, MlaTcRandomRaggedBatch) {
   check("random 24 sequences", seqs, 16, 64);
 }
 
+// The bf16 K-tile ring depth follows the launch (docs/kernels/mla.md): 16 heads x 2 query
+// tokens is kRG = 2 (4-tile ring); 160 sequences of 16 heads give more CTAs than SMs (2-tile
+// ring, two CTAs per SM) while each sequence alone runs the 5-tile ring: same bits required.
+TEST_F(MlaDecodeTcTest, MlaTcRingDepthsGiveTheSameBits) {
+  check("16 heads mtp pairs", {{700, 2}, {2, 2}, {1500, 2}, {65, 2}}, 16, 64);
+  std::vector<Seq> seqs;
+  for (int i = 0; i < 160; ++i) seqs.push_back({rng_.uniform_int(513, 1400), 1});
+  check("160 sequences", seqs, 16, 64);
+}
+
 // A table wide enough for 64K keys: 64 splits of 1024, most of them empty, and per-token
 // partials of 128 heads x 64 splits push the launcher into several token chunks that cut
 // q_len-2 groups.

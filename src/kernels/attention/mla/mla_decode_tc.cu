@@ -1,8 +1,8 @@
 // Tensor-core MLA decode: one CTA per (token group, split of split_keys keys, tile of 16 *
 // kRG query rows). A token group is the 1-2 query tokens of one sequence (q_len <= max_group)
 // or a single token (longer q_len), its rows are (token, head) pairs. The CTA streams 32-key
-// tiles of the latent cache (32 x 576 bf16) through shared memory with cp.async double
-// buffering; S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, fp32 accumulate), with
+// tiles of the latent cache (32 x 576 bf16) through shared memory in a cp.async ring of
+// kStages tiles; S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, fp32 accumulate), with
 // V = K[:, :512] read from the same smem tile. Partials (m, l, O) per split are merged by a
 // combine kernel in ascending split order, so a row's bits depend only on its own keys.
 //
@@ -44,6 +44,10 @@ constexpr int kThreads = 256;    // 8 warps
 constexpr int kDimSplits = 4;    // S is summed from 4 partial chains of 144 dims, in fixed order
 constexpr int kKStepsPerSplit = kD / 16 / kDimSplits;  // 9
 constexpr int kPLd = kTile + 8;  // P smem row stride (bf16): 80 B, conflict-free ldmatrix
+constexpr int kSLd = kTile + 8;  // S partial row stride (f32): 160 B, conflict-free float2 stores
+constexpr int kChunks = kTile * (kD / 8) / kThreads;  // 16-byte bf16 chunks per thread per tile: 9
+static_assert(kChunks * kThreads == kTile * (kD / 8), "a bf16 tile must split evenly over the threads");
+constexpr int kChunks8 = (kTile * (kD / 16) + kThreads - 1) / kThreads;  // e4m3 chunks per thread: 5 (4.5)
 
 struct Args {
   const __nv_bfloat16* q; int64_t s_qt, s_qh;      // q [n, heads, 576]
@@ -62,6 +66,10 @@ struct Args {
   const uint8_t* cache8;                           // kF8: e4m3 cache [pages, page_size, 576] (s_cp, s_cs)
   const float* cache_scale; int64_t s_sp, s_ss;    // kF8: [pages, page_size] f32, or nullptr (scale 1)
   int page_shift;                                  // log2(page_size) when a power of two, else -1
+  // bf16 cache, page_size a power-of-two multiple of kTile and page_size * s_cs < 2^31: every
+  // 32-key tile lies in one page (tiles start at multiples of 32) and offsets inside a page fit
+  // in 32 bits, so a tile is one page id plus fixed per-thread offsets.
+  bool one_page;
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -126,9 +134,6 @@ __device__ __forceinline__ void e4m3x4_to_bf16(uint32_t x, uint32_t& lo, uint32_
   hi = *reinterpret_cast<const uint32_t*>(&vb);
 }
 
-// bf16 Q tile, K tiles (two for bf16 double buffering, one for fp8: widened in place each
-// tile), P, S partials, row state; fp8 adds staging [2][kTile][kD] bytes, scales [2][kTile]
-// and page ids [4][kTile]. Every piece is a multiple of 16 bytes, so the staging is aligned.
 // e4m3 pairs (bytes b0..b3 of x) to f16 (lo = {b0, b1}, hi = {b2, b3}), exact.
 __device__ __forceinline__ void e4m3x4_to_f16(uint32_t x, uint32_t& lo, uint32_t& hi) {
   const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(x & 0xffffu), __NV_E4M3);
@@ -149,16 +154,16 @@ __device__ __forceinline__ uint4 bf16x8_to_f16x8(uint4 v, float inv) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Q tile, K tiles (two for bf16 double buffering, one for fp8: widened in place each tile),
+// Q tile, K tiles (a ring of kStages for bf16, one for fp8: widened in place each tile),
 // P, S partials, row state; fp8 adds staging [2][kTile][kD] bytes, scales [2][kTile], page ids
 // [4][kTile], per-row q scales [kM] and amax bits [kM]. Every piece is a multiple of 16 bytes,
 // so the staging is aligned. (f16 and bf16 tiles have the same size.)
-template <int kRG, int kMode>
+template <int kRG, int kMode, int kStages>
 constexpr size_t smem_bytes() {
   constexpr bool kF8 = kMode != 0;
-  constexpr size_t kKBufs = kF8 ? 1 : 2;
+  constexpr size_t kKBufs = kF8 ? 1 : kStages;
   return sizeof(__nv_bfloat16) * (size_t(16 * kRG) * kLd + kKBufs * size_t(kTile) * kLd + size_t(16 * kRG) * kPLd) +
-         sizeof(float) * (size_t(kDimSplits) * 16 * kRG * kTile + 3 * 16 * kRG) + sizeof(int) * 16 * kRG +
+         sizeof(float) * (size_t(kDimSplits) * 16 * kRG * kSLd + 3 * 16 * kRG) + sizeof(int) * 16 * kRG +
          (kF8 ? 2 * size_t(kTile) * kD + sizeof(float) * 2 * kTile + sizeof(int) * 4 * kTile + 8 * 16 * kRG : 0);
 }
 
@@ -182,17 +187,18 @@ __device__ inline Group group_of(const Args& a, int t) {
   return g;
 }
 
-template <int kRG, int kMode>
+// kStages: bf16 K tiles in the cp.async ring (kStages - 1 in flight while one is computed).
+template <int kRG, int kMode, int kStages>
 __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
   constexpr bool kF8 = kMode != 0, kH = kMode == 2;
   constexpr int kM = 16 * kRG;
-  constexpr int kKBufs = kF8 ? 1 : 2;
+  constexpr int kKBufs = kF8 ? 1 : kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kM][kLd]
   __nv_bfloat16* ks = qs + kM * kLd;                                // [kKBufs][kTile][kLd]
   __nv_bfloat16* ps = ks + kKBufs * kTile * kLd;                    // [kM][kPLd]
-  float* sp = reinterpret_cast<float*>(ps + kM * kPLd);             // [kDimSplits][kM][kTile]
-  float* row_alpha = sp + kDimSplits * kM * kTile;                  // [kM]
+  float* sp = reinterpret_cast<float*>(ps + kM * kPLd);             // [kDimSplits][kM][kSLd]
+  float* row_alpha = sp + kDimSplits * kM * kSLd;                  // [kM]
   float* row_m = row_alpha + kM;                                    // [kM]
   float* row_l = row_m + kM;                                        // [kM]
   int* row_pos = reinterpret_cast<int*>(row_l + kM);                // [kM], -1: padding row
@@ -277,17 +283,44 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
     cp_async16(qs + r * kLd + c * 8, src, valid);
   }
   const int32_t* pages = a.block_table + int64_t(grp.seq) * a.s_bt;
-  auto load_tile = [&](int it, int buf) {
+  // Issue one bf16 tile: each thread's 9 chunks are compile-time unrolled so that their
+  // addresses (and, for other page sizes, their 9 block-table reads) are independent and issue
+  // back to back; a rolled loop with one block-table read per chunk serialized 9 load
+  // latencies per tile. With one page per tile, pg is the tile's page id, read one tile ahead.
+  auto load_tile = [&](int it, int buf, int pg) {
     const int k0 = kbeg + it * kTile;
-    __nv_bfloat16* dst = ks + buf * kTile * kLd;
-    for (int i = tid; i < kTile * (kD / 8); i += kThreads) {
-      const int j = i / (kD / 8), c = i % (kD / 8);
-      const int key = k0 + j;
-      const bool valid = key < kend;
-      const __nv_bfloat16* src = a.cache;
-      if (valid) src = a.cache + int64_t(pages[key / a.page_size]) * a.s_cp + int64_t(key % a.page_size) * a.s_cs + c * 8;
-      cp_async16(dst + j * kLd + c * 8, src, valid);
+    __nv_bfloat16* dst = ks + buf * kTile * kLd;  // [kTile][kLd]
+    if (a.one_page) {
+      const __nv_bfloat16* base = a.cache + int64_t(pg) * a.s_cp + int64_t(k0 & (a.page_size - 1)) * a.s_cs;
+      const int s_cs = int(a.s_cs);
+#pragma unroll
+      for (int m = 0; m < kChunks; ++m) {
+        const int i = tid + m * kThreads, j = i / (kD / 8), c = i % (kD / 8);
+        const bool valid = k0 + j < kend;
+        cp_async16(dst + j * kLd + c * 8, valid ? base + (j * s_cs + c * 8) : a.cache, valid);
+      }
+    } else {
+      int pid[kChunks];
+#pragma unroll
+      for (int m = 0; m < kChunks; ++m) {
+        const int key = k0 + (tid + m * kThreads) / (kD / 8);
+        pid[m] = key < kend ? pages[a.page_shift >= 0 ? key >> a.page_shift : key / a.page_size] : 0;
+      }
+#pragma unroll
+      for (int m = 0; m < kChunks; ++m) {
+        const int i = tid + m * kThreads, j = i / (kD / 8), c = i % (kD / 8);
+        const int key = k0 + j;
+        const bool valid = key < kend;
+        const int slot = a.page_shift >= 0 ? key & (a.page_size - 1) : key % a.page_size;
+        const __nv_bfloat16* src = valid ? a.cache + int64_t(pid[m]) * a.s_cp + int64_t(slot) * a.s_cs + c * 8 : a.cache;
+        cp_async16(dst + j * kLd + c * 8, src, valid);
+      }
     }
+  };
+  // One page per tile: the page id of tile t (0 past the end, not read).
+  auto tile_page = [&](int t) {
+    const int k0 = kbeg + t * kTile;
+    return a.one_page && k0 < kend ? pages[k0 >> a.page_shift] : 0;
   };
   // kF8: tile t's bytes go to stage[t & 1] and its scales to key_scale[t & 1]; the same cp.async
   // group brings the page ids of tile t + 2 into page_id[(t + 2) & 3], so issuing a tile never
@@ -296,7 +329,10 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
     const int k0 = kbeg + t * kTile;
     const int* tp = page_id + (t & 3) * kTile;  // [kTile]
     uint8_t* dst = stage + (t & 1) * kTile * kD;
-    for (int i = tid; i < kTile * (kD / 16); i += kThreads) {
+#pragma unroll
+    for (int m = 0; m < kChunks8; ++m) {
+      const int i = tid + m * kThreads;
+      if (kChunks8 * kThreads != kTile * (kD / 16) && i >= kTile * (kD / 16)) break;
       const int j = i / (kD / 16), c = i % (kD / 16);
       const int key = k0 + j;
       const bool valid = key < kend;
@@ -327,10 +363,17 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
     }
     __syncthreads();
     load_tile_f8(0);
+    cp_async_commit();
   } else {
-    load_tile(0, 0);
+    // kStages - 1 tiles ahead; one commit group per tile slot, empty past the end, so the
+    // wait count below is the same in every iteration.
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st) {
+      if (st < ntiles) load_tile(st, st, tile_page(st));
+      cp_async_commit();
+    }
   }
-  cp_async_commit();
+  int next_page = kF8 ? 0 : tile_page(kStages - 1);  // one page per tile: page of the next tile to issue
 
   // Softmax state: warp w owns rows w + 8 i; every lane holds the same m, l.
   constexpr int kRowsPerWarp = kM / 8;
@@ -349,20 +392,31 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
   float c_run = 1.f;  // kMode 2: the scale O is divided by (1 otherwise)
   const int gr = lane / 4, gc = lane % 4;  // mma fragment row / column-pair of this lane
   for (int it = 0; it < ntiles; ++it) {
-    if (it + 1 < ntiles) {
-      if constexpr (kF8) load_tile_f8(it + 1); else load_tile(it + 1, (it + 1) & 1);
-      cp_async_commit();
-      cp_async_wait<1>();
+    if constexpr (kF8) {
+      if (it + 1 < ntiles) {
+        load_tile_f8(it + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
     } else {
-      cp_async_wait<0>();
+      // Tile it + kStages - 1 goes to the buffer tile it - 1 used (freed by the last barrier).
+      if (it + kStages - 1 < ntiles) {
+        load_tile(it + kStages - 1, (it + kStages - 1) % kStages, next_page);
+        next_page = tile_page(it + kStages);  // waited on only at the next issue
+      }
+      cp_async_commit();
+      cp_async_wait<kStages - 1>();
     }
     __syncthreads();
-    const __nv_bfloat16* kt = ks + (kF8 ? 0 : (it & 1)) * kTile * kLd;  // [kTile][kLd]
+    const __nv_bfloat16* kt = ks + (kF8 ? 0 : it % kStages) * kTile * kLd;  // [kTile][kLd]
     if constexpr (kF8) {
       // Widen the e4m3 tile to bf16: 8 bytes in, 16 bytes out per step.
       const uint8_t* src = stage + (it & 1) * kTile * kD;  // [kTile][kD]
-      for (int i = tid; i < kTile * (kD / 8); i += kThreads) {
-        const int j = i / (kD / 8), c = i % (kD / 8);
+#pragma unroll
+      for (int m = 0; m < kChunks; ++m) {
+        const int i = tid + m * kThreads, j = i / (kD / 8), c = i % (kD / 8);
         const uint2 v = *reinterpret_cast<const uint2*>(src + j * kD + c * 8);
         uint4 o;
         if constexpr (kH) {
@@ -377,34 +431,47 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       __syncthreads();
     }
 
-    // S partials: item = (row group, 16-key half, dim quarter); each warp takes kRG items.
+    // S partials: warp = (16-key half kh, dim quarter dq) over every 16-row group: the K
+    // fragment of a k-step is loaded once for the kRG row groups. Each S element is the same
+    // 9-step mma chain of its dim quarter whatever kRG is (fixed order, batch-invariant).
+    {
+      const int dq = warp % kDimSplits, kh = (warp / kDimSplits) % 2;
+      float c[kRG][2][4];
 #pragma unroll
-    for (int j = 0; j < kRG; ++j) {
-      const int item = warp + 8 * j;
-      const int dq = item % kDimSplits, kh = (item / kDimSplits) % 2, rg = item / (2 * kDimSplits);
-      float c[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-      const __nv_bfloat16* qa = qs + (rg * 16 + lane % 16) * kLd + (lane / 16) * 8;
+      for (int g = 0; g < kRG; ++g)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) c[g][nt][e] = 0.f;
+      const __nv_bfloat16* qa = qs + (lane % 16) * kLd + (lane / 16) * 8;
       const int mi = lane / 8;
       const __nv_bfloat16* kb = kt + (kh * 16 + (mi >> 1) * 8 + lane % 8) * kLd + (mi & 1) * 8;
 #pragma unroll
       for (int s = 0; s < kKStepsPerSplit; ++s) {
         const int d0 = (dq * kKStepsPerSplit + s) * 16;
-        uint32_t af[4], bf[4];
-        ldsm_x4(af, qa + d0);
+        uint32_t bf[4];
         ldsm_x4(bf, kb + d0);
-        if constexpr (kH) {
-          mma_f16(c[0], af, bf[0], bf[1]);
-          mma_f16(c[1], af, bf[2], bf[3]);
-        } else {
-          mma_bf16(c[0], af, bf[0], bf[1]);
-          mma_bf16(c[1], af, bf[2], bf[3]);
+#pragma unroll
+        for (int g = 0; g < kRG; ++g) {
+          uint32_t af[4];
+          ldsm_x4(af, qa + g * 16 * kLd + d0);
+          if constexpr (kH) {
+            mma_f16(c[g][0], af, bf[0], bf[1]);
+            mma_f16(c[g][1], af, bf[2], bf[3]);
+          } else {
+            mma_bf16(c[g][0], af, bf[0], bf[1]);
+            mma_bf16(c[g][1], af, bf[2], bf[3]);
+          }
         }
       }
-      float* out = sp + (dq * kM + rg * 16) * kTile + kh * 16;
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        *reinterpret_cast<float2*>(out + gr * kTile + nt * 8 + 2 * gc) = make_float2(c[nt][0], c[nt][1]);
-        *reinterpret_cast<float2*>(out + (gr + 8) * kTile + nt * 8 + 2 * gc) = make_float2(c[nt][2], c[nt][3]);
+      for (int g = 0; g < kRG; ++g) {
+        float* out = sp + (dq * kM + g * 16) * kSLd + kh * 16;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          *reinterpret_cast<float2*>(out + gr * kSLd + nt * 8 + 2 * gc) = make_float2(c[g][nt][0], c[g][nt][1]);
+          *reinterpret_cast<float2*>(out + (gr + 8) * kSLd + nt * 8 + 2 * gc) = make_float2(c[g][nt][2], c[g][nt][3]);
+        }
       }
     }
     __syncthreads();
@@ -421,9 +488,9 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
       const int r = warp + 8 * i;
-      float s = sp[(0 * kM + r) * kTile + lane] + sp[(1 * kM + r) * kTile + lane];
-      s += sp[(2 * kM + r) * kTile + lane];
-      s += sp[(3 * kM + r) * kTile + lane];
+      float s = sp[(0 * kM + r) * kSLd + lane] + sp[(1 * kM + r) * kSLd + lane];
+      s += sp[(2 * kM + r) * kSLd + lane];
+      s += sp[(3 * kM + r) * kSLd + lane];
       float ksc = 1.f;  // kF8: the key's token scale (0 for keys past kend, whose p is 0)
       if constexpr (kF8) ksc = key_scale[(it & 1) * kTile + lane];
       if constexpr (kH) {
@@ -449,7 +516,9 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
     }
     __syncthreads();
 
-    // O = O * alpha + P V over this warp's 64 value columns.
+    // O = O * alpha + P V over this warp's 64 value columns. The V fragments of a 16-key step
+    // are loaded once for all kRG row groups; each O element still sees alpha, then key step 0,
+    // then key step 16 (the same order for any kRG).
 #pragma unroll
     for (int g = 0; g < kRG; ++g) {
       const float a0 = row_alpha[g * 16 + gr], a1 = row_alpha[g * 16 + gr + 8];
@@ -458,22 +527,26 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
         acc[g][j][0] *= a0; acc[g][j][1] *= a0;
         acc[g][j][2] *= a1; acc[g][j][3] *= a1;
       }
+    }
 #pragma unroll
-      for (int kk = 0; kk < kTile; kk += 16) {
+    for (int kk = 0; kk < kTile; kk += 16) {
+      const int mi = lane / 8;
+      const __nv_bfloat16* vb = kt + (kk + (mi & 1) * 8 + lane % 8) * kLd + warp * 64 + (mi >> 1) * 8;
+      uint32_t vf[4][4];
+#pragma unroll
+      for (int jp = 0; jp < 4; ++jp) ldsm_x4_t(vf[jp], vb + jp * 16);
+#pragma unroll
+      for (int g = 0; g < kRG; ++g) {
         uint32_t af[4];
         ldsm_x4(af, ps + (g * 16 + lane % 16) * kPLd + kk + (lane / 16) * 8);
-        const int mi = lane / 8;
-        const __nv_bfloat16* vb = kt + (kk + (mi & 1) * 8 + lane % 8) * kLd + warp * 64 + (mi >> 1) * 8;
 #pragma unroll
         for (int jp = 0; jp < 4; ++jp) {
-          uint32_t bf[4];
-          ldsm_x4_t(bf, vb + jp * 16);
           if constexpr (kH) {
-            mma_f16(acc[g][2 * jp], af, bf[0], bf[1]);
-            mma_f16(acc[g][2 * jp + 1], af, bf[2], bf[3]);
+            mma_f16(acc[g][2 * jp], af, vf[jp][0], vf[jp][1]);
+            mma_f16(acc[g][2 * jp + 1], af, vf[jp][2], vf[jp][3]);
           } else {
-            mma_bf16(acc[g][2 * jp], af, bf[0], bf[1]);
-            mma_bf16(acc[g][2 * jp + 1], af, bf[2], bf[3]);
+            mma_bf16(acc[g][2 * jp], af, vf[jp][0], vf[jp][1]);
+            mma_bf16(acc[g][2 * jp + 1], af, vf[jp][2], vf[jp][3]);
           }
         }
       }
@@ -504,34 +577,75 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
   }
 }
 
-// One block of 128 threads per (token, head): merge the splits in ascending order.
+// One block of 128 threads per (token, head): merge the splits in ascending order. The splits'
+// (m, l) are staged in smem by all threads at once and the O partials are read 8 splits at a
+// time, so the DRAM latencies overlap instead of adding up split after split; the arithmetic
+// (max, then l and O summed in ascending split order, empty splits skipped) is unchanged.
+constexpr int kCombineThreads = 128, kCombineStaged = 1024, kCombineUnroll = 8;
 template <class TO>
-__global__ void __launch_bounds__(128) mla_combine_kernel(Args a) {
+__global__ void __launch_bounds__(kCombineThreads) mla_combine_kernel(Args a) {
+  __shared__ float s_w[kCombineStaged];  // [num_splits] exp(m_s - m), 0 for an empty split
+  __shared__ float s_l[kCombineStaged];  // [num_splits] l_s (<= 0: empty split)
+  __shared__ float s_max[kCombineThreads / 32];
   const int tok_local = blockIdx.x / a.heads, h = blockIdx.x % a.heads;
-  const int64_t base = (int64_t(tok_local) * a.heads + h) * a.num_splits;
-  float m = -INFINITY;
-  for (int s = 0; s < a.num_splits; ++s)
-    if (a.part_ml[(base + s) * 2 + 1] > 0.f) m = fmaxf(m, a.part_ml[(base + s) * 2]);
-  float l = 0.f;
+  const int ns = a.num_splits, tid = threadIdx.x;
+  const int64_t base = (int64_t(tok_local) * a.heads + h) * ns;
+  const float* ml = a.part_ml + base * 2;     // [num_splits][2]
+  const float* acc = a.part_acc + base * kDV;  // [num_splits][512]
+  const int d = tid * 4;
+  float m = -INFINITY, l = 0.f;
   float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-  const int d = threadIdx.x * 4;
-  for (int s = 0; s < a.num_splits; ++s) {
-    const float ls = a.part_ml[(base + s) * 2 + 1];
-    if (!(ls > 0.f)) continue;
-    const float w = expf(a.part_ml[(base + s) * 2] - m);
-    l += ls * w;
-    const float4 v = *reinterpret_cast<const float4*>(a.part_acc + (base + s) * kDV + d);
-    o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w;
+  if (ns <= kCombineStaged) {
+    for (int s = tid; s < ns; s += kCombineThreads) {
+      const float2 v = *reinterpret_cast<const float2*>(ml + 2 * s);
+      s_l[s] = v.y;
+      s_w[s] = v.x;
+      if (v.y > 0.f) m = fmaxf(m, v.x);
+    }
+    m = warp_max_f(m);  // the max is exact in any order
+    if (tid % 32 == 0) s_max[tid / 32] = m;
+    __syncthreads();
+    m = s_max[0];
+#pragma unroll
+    for (int w = 1; w < kCombineThreads / 32; ++w) m = fmaxf(m, s_max[w]);
+    for (int s = tid; s < ns; s += kCombineThreads) s_w[s] = s_l[s] > 0.f ? expf(s_w[s] - m) : 0.f;
+    __syncthreads();
+    for (int s = 0; s < ns; ++s)
+      if (s_l[s] > 0.f) l += s_l[s] * s_w[s];
+    for (int s0 = 0; s0 < ns; s0 += kCombineUnroll) {
+      float4 v[kCombineUnroll];
+#pragma unroll
+      for (int u = 0; u < kCombineUnroll; ++u)
+        if (s0 + u < ns && s_l[s0 + u] > 0.f) v[u] = *reinterpret_cast<const float4*>(acc + int64_t(s0 + u) * kDV + d);
+#pragma unroll
+      for (int u = 0; u < kCombineUnroll; ++u) {
+        if (s0 + u < ns && s_l[s0 + u] > 0.f) {
+          const float w = s_w[s0 + u];
+          o.x += v[u].x * w; o.y += v[u].y * w; o.z += v[u].z * w; o.w += v[u].w * w;
+        }
+      }
+    }
+  } else {  // more splits than staged: the same arithmetic straight from global memory
+    for (int s = 0; s < ns; ++s)
+      if (ml[2 * s + 1] > 0.f) m = fmaxf(m, ml[2 * s]);
+    for (int s = 0; s < ns; ++s) {
+      const float ls = ml[2 * s + 1];
+      if (!(ls > 0.f)) continue;
+      const float w = expf(ml[2 * s] - m);
+      l += ls * w;
+      const float4 v = *reinterpret_cast<const float4*>(acc + int64_t(s) * kDV + d);
+      o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w;
+    }
   }
   const int t = a.token0 + tok_local;
   TO* out = static_cast<TO*>(a.out) + int64_t(t) * a.s_ot + int64_t(h) * a.s_oh + d;
   const float inv = l > 0.f ? 1.f / l : 0.f;
   out[0] = from_f32<TO>(o.x * inv); out[1] = from_f32<TO>(o.y * inv);
   out[2] = from_f32<TO>(o.z * inv); out[3] = from_f32<TO>(o.w * inv);
-  if (a.lse && threadIdx.x == 0) a.lse[int64_t(t) * a.s_lse + h] = l > 0.f ? m + logf(l) : -INFINITY;
+  if (a.lse && tid == 0) a.lse[int64_t(t) * a.s_lse + h] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-template <int kRG, int kMode, class TO>
+template <int kRG, int kMode, int kStages, class TO>
 cudaError_t run(Args a, const MlaDecodePlan& plan, int n, Scratch& scratch, cudaStream_t stream) {
   constexpr size_t kMaxScratch = size_t(256) << 20;
   const size_t per_token = size_t(a.heads) * a.num_splits * (kDV + 2) * sizeof(float);
@@ -542,15 +656,16 @@ cudaError_t run(Args a, const MlaDecodePlan& plan, int n, Scratch& scratch, cuda
   if (carver.base == nullptr) return cudaErrorMemoryAllocation;
   a.part_acc = carver.carve<float>(rows * kDV);
   a.part_ml = carver.carve<float>(rows * 2);
-  constexpr size_t smem = smem_bytes<kRG, kMode>();
-  cudaError_t err = cudaFuncSetAttribute(mla_decode_tc_kernel<kRG, kMode>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  constexpr size_t smem = smem_bytes<kRG, kMode, kStages>();
+  static_assert(smem <= 227 * 1024, "MLA decode tile does not fit in shared memory");
+  cudaError_t err = cudaFuncSetAttribute(mla_decode_tc_kernel<kRG, kMode, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   for (int t0 = 0; t0 < n; t0 += chunk) {
     a.token0 = t0;
     a.tokens = std::min(chunk, n - t0);
     const dim3 grid(unsigned(a.tokens), unsigned(a.num_splits), unsigned(plan.row_tiles));
-    mla_decode_tc_kernel<kRG, kMode><<<grid, kThreads, smem, stream>>>(a);
-    mla_combine_kernel<TO><<<unsigned(a.tokens * a.heads), 128, 0, stream>>>(a);
+    mla_decode_tc_kernel<kRG, kMode, kStages><<<grid, kThreads, smem, stream>>>(a);
+    mla_combine_kernel<TO><<<unsigned(a.tokens * a.heads), kCombineThreads, 0, stream>>>(a);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -568,12 +683,51 @@ int fp8_mode() {
   return mode;
 }
 
+// Smallest split (MOEX_MLA_MIN_SPLIT, a power of two in [32, 8192], default 512). Fewer keys
+// per split give short tables (batch 1) more CTAs and cost more partials at large batch.
+int min_split_keys() {
+  static const int keys = [] {
+    const char* v = std::getenv("MOEX_MLA_MIN_SPLIT");
+    const int k = v != nullptr ? std::atoi(v) : 512;
+    return k >= kTile && k <= 8192 && (k & (k - 1)) == 0 ? k : 512;
+  }();
+  return keys;
+}
+
+// bf16 K-tile ring depth. The depth never changes a row's arithmetic (only when its tiles
+// arrive), so it may follow the launch size: "deep" is the deepest ring that fits one CTA per
+// SM (5 tiles at kRG = 1, 4 at kRG = 2), 2 keeps two CTAs per SM at kRG = 1. Auto (default):
+// deep at kRG = 2 (one CTA per SM either way) and at kRG = 1 when the grid has at most one CTA
+// per SM; MOEX_MLA_STAGES=2 or deep forces one.
+int stages_mode() {  // 0 auto, 1 always 2, 2 always deep
+  static const int mode = [] {
+    const char* v = std::getenv("MOEX_MLA_STAGES");
+    if (v == nullptr) return 0;
+    const std::string s(v);
+    return s == "2" ? 1 : s == "deep" ? 2 : 0;
+  }();
+  return mode;
+}
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, c = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+    return c;
+  }();
+  return n;
+}
+bool deep_stages(int row_groups, int64_t ctas) {
+  const int mode = stages_mode();
+  if (mode != 0) return mode == 2;
+  return row_groups == 2 || ctas <= int64_t(sm_count());
+}
+
 }  // namespace mla_tc
 
 MlaDecodePlan plan_mla_decode(int64_t n, int64_t num_seqs, int heads, int64_t max_keys) {
   MlaDecodePlan p;
   // ~64 splits over the widest sequence the table can hold, 512..8192 keys each (a power of 2).
-  int64_t split = 512;
+  int64_t split = mla_tc::min_split_keys();
   while (split < 8192 && split * 64 < max_keys) split *= 2;
   p.split_keys = int(split);
   p.num_splits = int(std::max<int64_t>(1, (max_keys + split - 1) / split));
@@ -624,9 +778,14 @@ cudaError_t launch_mla_decode_tc(const ops::MlaAttentionParams& p, Scratch& scra
   a.num_seqs = int(p.seqs.seq_lens.shape[0]);
   a.page_size = p.seqs.page_size;
   a.page_shift = (a.page_size & (a.page_size - 1)) == 0 ? __builtin_ctz(unsigned(a.page_size)) : -1;
+  a.one_page = !f8 && a.page_shift >= 0 && a.page_size % mla_tc::kTile == 0 &&
+               int64_t(a.page_size) * p.cache.stride[1] < (int64_t(1) << 31);
   a.heads = int(p.q.shape[1]);
   const int64_t max_keys = p.seqs.block_table.shape[1] * int64_t(p.seqs.page_size);
   const MlaDecodePlan plan = plan_mla_decode(n, a.num_seqs, a.heads, max_keys);
+  // CTAs that do work: one per (token group, split, row tile).
+  const int64_t ctas = int64_t(n) / plan.max_group * plan.num_splits * plan.row_tiles;
+  const bool deep = mla_tc::deep_stages(plan.row_groups, ctas);
   a.split_keys = plan.split_keys; a.num_splits = plan.num_splits; a.max_group = plan.max_group;
   a.scale = p.scale;
   a.out = p.out.data; a.s_ot = p.out.stride[0]; a.s_oh = p.out.stride[1];
@@ -638,9 +797,19 @@ cudaError_t launch_mla_decode_tc(const ops::MlaAttentionParams& p, Scratch& scra
     auto go = [&](auto mode_tag) {
       constexpr int kMode = decltype(mode_tag)::value;
       switch (plan.row_groups) {
-        case 1: err = mla_tc::run<1, kMode, TO>(a, plan, n, scratch, stream); break;
-        case 2: err = mla_tc::run<2, kMode, TO>(a, plan, n, scratch, stream); break;
-        default: err = mla_tc::run<4, kMode, TO>(a, plan, n, scratch, stream); break;
+        case 1:
+          if constexpr (kMode == 0) {
+            if (deep) { err = mla_tc::run<1, kMode, 5, TO>(a, plan, n, scratch, stream); break; }
+          }
+          err = mla_tc::run<1, kMode, 2, TO>(a, plan, n, scratch, stream);
+          break;
+        case 2:
+          if constexpr (kMode == 0) {
+            if (deep) { err = mla_tc::run<2, kMode, 4, TO>(a, plan, n, scratch, stream); break; }
+          }
+          err = mla_tc::run<2, kMode, 2, TO>(a, plan, n, scratch, stream);
+          break;
+        default: err = mla_tc::run<4, kMode, 2, TO>(a, plan, n, scratch, stream); break;
       }
     };
     if (!f8) {
