@@ -250,6 +250,9 @@ def main():
                     help="compute HF's router logits in fp32 from the bf16 hidden state (moex computes every "
                          "family's router logits in fp32, as HF's own DeepSeek routers do; HF's Qwen3-MoE and "
                          "Mixtral routers round them to bf16)")
+    ap.add_argument("--num-layers", type=int, default=None,
+                    help="override num_hidden_layers (both sides read a copy of config.json in the work dir): "
+                         "agreement as a function of depth")
     ap.add_argument("--min-agreement", type=float, default=0.99)
     ap.add_argument("--json", default=None, help="write the summary here too")
     ap.add_argument("--workdir", default=None, help="keep the id and logits files here")
@@ -265,13 +268,22 @@ def main():
 
     with open(os.path.join(args.config_dir, "config.json")) as f:
         raw = json.load(f)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="moex_parity_")
+    os.makedirs(workdir, exist_ok=True)
+    config_dir = args.config_dir
+    if args.num_layers is not None:
+        if args.num_layers < 1:
+            raise SystemExit("--num-layers must be >= 1")
+        raw["num_hidden_layers"] = args.num_layers
+        config_dir = os.path.join(workdir, "config")
+        os.makedirs(config_dir, exist_ok=True)
+        with open(os.path.join(config_dir, "config.json"), "w") as f:
+            json.dump(raw, f)
     raw.pop("auto_map", None)
     cfg = AutoConfig.for_model(**raw)
     ckpt_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
         raw.get("torch_dtype") or raw.get("dtype") or "float32", torch.float32)
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="moex_parity_")
-    os.makedirs(workdir, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     ids = rng.integers(0, cfg.vocab_size, size=args.tokens, dtype=np.int64)
     ids_path, out_path = os.path.join(workdir, "ids.txt"), os.path.join(workdir, "moex_logits.bin")
@@ -280,7 +292,7 @@ def main():
 
     # (b) moex first, in its own process.
     t0 = time.time()
-    cmd = [args.moex, "logits", "--model", args.config_dir, "--random-weights", "--weight-seed", str(args.seed),
+    cmd = [args.moex, "logits", "--model", config_dir, "--random-weights", "--weight-seed", str(args.seed),
            "--device", moex_device, "--prompt-ids-file", ids_path, "--out", out_path]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     moex_s = time.time() - t0
@@ -319,7 +331,7 @@ def main():
     noise = rel * np.maximum(np.abs(h_vals[:, 0]), row_rms)
     dis = ~agree
     summary = {
-        "config_dir": args.config_dir, "model_type": cfg.model_type, "seed": args.seed, "tokens": int(args.tokens),
+        "config_dir": args.config_dir, "num_layers": int(cfg.num_hidden_layers), "model_type": cfg.model_type, "seed": args.seed, "tokens": int(args.tokens),
         "vocab": int(vocab), "moex_device": moex_device, "hf_device": str(device), "hf_dtype": str(hf_dtype),
         "hf_tensors_filled": filled, "hf_fp32_routers": routers,
         "top1_agreement": float(agree.mean()),

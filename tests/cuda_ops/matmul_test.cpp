@@ -114,6 +114,14 @@ TEST_F(MatmulTest, DecodeKernelBitsEqualTheOtherTiles) {
   }
 }
 
+// Many rows, few columns (routers: Mixtral 8 experts, DeepSeek-V2-Lite 64) on the launcher's
+// choice of tile (the wgmma tiles on an H100), f32 and bf16 out.
+TEST_F(MatmulTest, ManyRowsFewColumns) {
+  check(0, 256, 8, 4096, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);   // Mixtral router, prefill
+  check(0, 300, 13, 2048, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);
+  check(0, 129, 64, 2048, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);  // V2-Lite router
+}
+
 TEST_F(MatmulTest, F32AndMixedFallback) {
   check(0, 9, 33, 130, DType::kF32, DType::kF32, DType::kF32, 1.f, false);
   check(0, 4, 128, 2048, DType::kF32, DType::kBF16, DType::kF32, 1.f, false);
