@@ -122,6 +122,18 @@ TEST_F(MatmulTest, ManyRowsFewColumns) {
   check(0, 129, 64, 2048, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);  // V2-Lite router
 }
 
+// MOEX_GEMM=cublaslt (opt-in): the same results within bf16 tolerance through cuBLASLt, for
+// shapes it takes (decode rows, many rows, batched MLA absorption, accumulate, f32 out).
+TEST_F(MatmulTest, CublasLtOptIn) {
+  setenv("MOEX_GEMM", "cublaslt", 1);
+  check(0, 1, 4096, 2048, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);
+  check(0, 333, 200, 1032, DType::kBF16, DType::kBF16, DType::kF32, -0.5f, true);
+  check(0, 1000, 1100, 2056, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);
+  check(3, 150, 128, 264, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);
+  check(0, 17, 54, 97, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);  // unaligned rows: moex's GEMM
+  unsetenv("MOEX_GEMM");
+}
+
 TEST_F(MatmulTest, F32AndMixedFallback) {
   check(0, 9, 33, 130, DType::kF32, DType::kF32, DType::kF32, 1.f, false);
   check(0, 4, 128, 2048, DType::kF32, DType::kBF16, DType::kF32, 1.f, false);

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/common/dtype.cuh"
+#include "kernels/gemm/cublaslt_gemm.h"
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/mma_pipeline.cuh"
 #include "kernels/gemm/mma_tile.cuh"
@@ -260,6 +261,14 @@ cudaError_t launch_matmul(const ops::MatmulParams& p, cudaStream_t stream) {
   const int batch = int(p.x.shape[0]);
   if (a.m == 0 || a.n == 0 || batch == 0) return cudaSuccess;
   if (p.x.dtype == DType::kBF16 && p.w.dtype == DType::kBF16) {
+    if (gemm::cublaslt_requested()) {  // opt-in: cuBLAS speed, no batch-invariance contract
+      const gemm::LtArgs lt{a.x, a.sxb, a.sxm, a.w, a.swb, a.swn, a.out, a.sob, a.som, a.son,
+                            a.m, a.n, a.k, batch, a.alpha, a.accumulate, p.out.dtype == DType::kF32};
+      if (gemm::cublaslt_applies(lt)) {
+        const cudaError_t e = gemm::launch_cublaslt(lt, stream);
+        if (e != cudaErrorNotSupported) return e;  // no algorithm for this shape: moex's GEMM below
+      }
+    }
     const bool vec = aligned16(a.x) && aligned16(a.w) && a.sxb % 8 == 0 && a.sxm % 8 == 0 &&
                      a.swb % 8 == 0 && a.swn % 8 == 0;
     return p.out.dtype == DType::kF32 ? launch_bf16<float>(a, batch, vec, stream)
