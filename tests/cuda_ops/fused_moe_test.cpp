@@ -73,6 +73,19 @@ class FusedMoeTest : public CudaOpsTest {
     return p;
   }
 
+  // Random device inputs of n tokens, drawn in a fixed order from rng_.
+  struct DeviceInputs {
+    DeviceTensor x;    // [n, hidden] bf16
+    DeviceTensor ids;  // [n, top_k] i32
+    DeviceTensor wts;  // [n, top_k] f32
+  };
+  DeviceInputs device_inputs(const MoeShape& s, const MoeWeights& w, int64_t n) {
+    HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
+    HostTensor ids = make_ids(s, w, n);
+    HostTensor wts = host_random(DType::kF32, {n, s.top_k}, rng_, 0.05f, 1.f);
+    return {to_device(*gpu_, x), to_device(*gpu_, ids), to_device(*gpu_, wts)};
+  }
+
   void check(const MoeShape& s, const MoeWeights& w, int64_t n, DType out_dtype = DType::kBF16) {
     SCOPED_TRACE(std::string(s.name) + " n " + std::to_string(n) + " out " + std::string(dtype_name(out_dtype)) + " seed " +
                  std::to_string(seed_));
@@ -148,10 +161,8 @@ TEST_F(FusedMoeTest, TokenBitsDoNotDependOnTile) {
   const MoeShape s{"8 experts, many rows", 8, 2, 1024, 352, 8};
   const MoeWeights w = make_weights(s);
   const int64_t n = 600;
-  HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
-  HostTensor ids = make_ids(s, w, n);
-  HostTensor wts = host_random(DType::kF32, {n, s.top_k}, rng_, 0.05f, 1.f);
-  DeviceTensor dx = to_device(*gpu_, x), dids = to_device(*gpu_, ids), dwts = to_device(*gpu_, wts);
+  const DeviceInputs in = device_inputs(s, w, n);
+  const DeviceTensor &dx = in.x, &dids = in.ids, &dwts = in.wts;
   unsetenv("MOEX_GEMM_TILE");
   DeviceTensor dall = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
   MOEX_ASSERT_OK(gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, dall.t, false)));
@@ -194,10 +205,8 @@ TEST_F(FusedMoeTest, FewRowsPerExpertBitsMatchTheDecodePath) {
   const MoeShape s{"qwen3-30b-a3b", 128, 8, 2048, 768, 128};
   const MoeWeights w = make_weights(s);
   const int64_t n = 160;
-  HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
-  HostTensor ids = make_ids(s, w, n);
-  HostTensor wts = host_random(DType::kF32, {n, s.top_k}, rng_, 0.05f, 1.f);
-  DeviceTensor dx = to_device(*gpu_, x), dids = to_device(*gpu_, ids), dwts = to_device(*gpu_, wts);
+  const DeviceInputs in = device_inputs(s, w, n);
+  const DeviceTensor &dx = in.x, &dids = in.ids, &dwts = in.wts;
   std::vector<int64_t> probe;
   for (int i = 0; i < 12; ++i) probe.push_back(rng_.uniform_int(0, int(n - 1)));
   std::vector<HostTensor> alone;
@@ -233,10 +242,8 @@ TEST_F(FusedMoeTest, TokenBitsDoNotDependOnBatch) {
   const MoeShape s{"qwen3-30b-a3b", 128, 8, 2048, 768, 128};
   const MoeWeights w = make_weights(s);
   const int64_t n = 300;
-  HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
-  HostTensor ids = make_ids(s, w, n);
-  HostTensor wts = host_random(DType::kF32, {n, s.top_k}, rng_, 0.05f, 1.f);
-  DeviceTensor dx = to_device(*gpu_, x), dids = to_device(*gpu_, ids), dwts = to_device(*gpu_, wts);
+  const DeviceInputs in = device_inputs(s, w, n);
+  const DeviceTensor &dx = in.x, &dids = in.ids, &dwts = in.wts;
   DeviceTensor dall = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
   MOEX_ASSERT_OK(gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, dall.t, false)));
   HostTensor all = to_host(*gpu_, dall);
