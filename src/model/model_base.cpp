@@ -238,7 +238,8 @@ Expected<Tensor> WeightLoader::load_concat(const std::vector<std::string>& names
   if (names.empty() || names.size() != rows.size()) return invalid_argument("load_concat: one row count per tensor");
   int64_t total = 0;
   for (int64_t r : rows) total += r;
-  // dtype: the first part's (random weights: the config's); every part must share it.
+  // dtype: the first part's (random weights: the config's); other parts are converted to it
+  // (separate projections of one checkpoint may be stored in different dtypes).
   const DType dtype = weight_dtype_for(names[0]);
   const size_t es = dtype_size(dtype);
   MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(size_t(total * cols) * es));
@@ -252,9 +253,10 @@ Expected<Tensor> WeightLoader::load_concat(const std::vector<std::string>& names
       DType part_dtype;
       MOEX_RETURN_IF_ERROR(read_host(names[i], {rows[i], cols}, false, &host, &part_dtype));
       if (part_dtype != dtype) {
-        return invalid_argument("checkpoint tensor " + names[i] + " is " + std::string(dtype_name(part_dtype)) +
-                                " but " + names[0] + " is " + std::string(dtype_name(dtype)) +
-                                "; tensors packed together must share a dtype");
+        std::vector<uint8_t> converted(bytes);  // [rows[i], cols] in dtype
+        for (size_t j = 0; j < size_t(rows[i] * cols); ++j)
+          store_from_f32(converted.data(), dtype, j, load_as_f32(host.data(), part_dtype, j));
+        host.swap(converted);
       }
       MOEX_RETURN_IF_ERROR(backend_.copy_from_host(dst, host.data(), bytes));
     }

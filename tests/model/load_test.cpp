@@ -84,6 +84,39 @@ TEST(ModelLoad, WrongRouterShapeIsNamed) {
   EXPECT_NE(st.message().find(name), std::string::npos) << st.message();
 }
 
+// q, k and v are loaded as one fused projection: a k_proj stored in f32 beside bf16 q/v is
+// converted, not refused, and (bf16 -> f32 being exact) the logits do not change.
+TEST(ModelLoad, FusedQkvAcceptsMixedDtypes) {
+  const std::string name = "model.layers.0.self_attn.k_proj.weight";
+  auto tensors = read_raw_tensors(fixture_dir("qwen3_moe_bf16") + "/model.safetensors");
+  RawTensor& r = tensors.at(name);
+  ASSERT_EQ(r.dtype, "BF16");
+  std::vector<uint8_t> f32(r.bytes.size() * 2);
+  for (size_t i = 0; i < r.bytes.size() / 2; ++i) {
+    const uint32_t bits = uint32_t(r.bytes[2 * i] | (r.bytes[2 * i + 1] << 8)) << 16;
+    std::memcpy(f32.data() + 4 * i, &bits, 4);
+  }
+  r.dtype = "F32";
+  r.bytes = f32;
+  TempCopy tmp;
+  write_checkpoint(tmp.dir(), fixture_dir("qwen3_moe_bf16") + "/config.json", tensors);
+  auto backend = make_cpu_backend();
+  auto mixed = Model::load(tmp.dir(), *backend);
+  ASSERT_TRUE(mixed.has_value()) << mixed.status().message();
+  auto plain = Model::load(fixture_dir("qwen3_moe_bf16"), *backend);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  std::vector<float> a, b;
+  for (auto* m : {&*mixed, &*plain}) {
+    ASSERT_TRUE((*m)->allocate_kv_cache(4, 16).is_ok());
+    PagePool pool(0, 4, 16);
+    Sequence s;
+    const ForwardBatch batch = make_batch({&s}, {{3, 17, 40, 5}}, 16, pool, true);
+    ASSERT_TRUE((*m)->forward(batch, m == &*mixed ? &a : &b).is_ok());
+  }
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
 TEST(ModelForward, RefusesBadBatches) {
   auto backend = make_cpu_backend();
   auto m = Model::load(fixture_dir("mixtral"), *backend);
