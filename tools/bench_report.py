@@ -6,7 +6,7 @@ next to them:
   report.md                  ceilings, one table per op (latest record of each case per
                              implementation and commit), the end-to-end runs
   <op>_<model>.png           time and fraction of the roofline floor against tokens (fused_moe,
-                             rms_norm) or KV length (attention), one line per implementation@commit
+                             rms_norm, matmul) or KV length (attention), one line per implementation@commit
                              (and per batch for attention)
 
 Usage: python3 tools/bench_report.py [--results bench/results] [--device SLUG] [--no-plots]
@@ -20,7 +20,7 @@ from collections import defaultdict
 
 # The x axis of each op's plots and the field that splits attention lines by batch.
 # A tuple: the first field present in a model's records (NSA forward by length, decode by batch).
-X_FIELD = {"fused_moe": "tokens", "rms_norm": "tokens", "mla_decode": "kv_len", "gqa_decode": "kv_len",
+X_FIELD = {"fused_moe": "tokens", "rms_norm": "tokens", "matmul": "tokens", "mla_decode": "kv_len", "gqa_decode": "kv_len",
            "nsa": ("seq_len", "batch"), "prefill_attention": "seq_len"}
 # Shape fields computed by the benchmark, not chosen by the case file.
 DERIVED = {"experts_hit", "slots"}

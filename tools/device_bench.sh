@@ -3,13 +3,13 @@
 # the embedded model on the GPU against its pinned CPU output, roofline ceilings, operator
 # benchmarks (with --check against the CPU reference), operator test sets on the GPU, the
 # end-to-end benchmark, and the report. Results land in bench/results/<gpu>/ and OUTDIR.
-#   tools/device_bench.sh OUTDIR [steps...]   steps: run roofline moe mla gqa nsa prefill testsets e2e report
+#   tools/device_bench.sh OUTDIR [steps...]   steps: run roofline moe mla gqa gemm nsa prefill testsets e2e report
 # Env: MOEX_GIT_COMMIT (recorded in every JSON record when the tree has no .git).
 set -uo pipefail
 out="${1:?usage: tools/device_bench.sh OUTDIR [steps...]}"
 shift
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(run roofline moe mla gqa nsa prefill testsets e2e report)
+[ ${#steps[@]} -eq 0 ] && steps=(run roofline moe mla gqa gemm nsa prefill testsets e2e report)
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$(dirname "$0")/.."
@@ -45,6 +45,7 @@ if has mla; then
   step bench_mla_fp8 120 $moex bench ops --op mla_decode --device cuda --check --cases bench/cases/mla_fp8.json
 fi
 has gqa && step bench_gqa_decode 90 $moex bench ops --op gqa_decode --device cuda --check
+has gemm && step bench_matmul 120 $moex bench ops --op matmul --device cuda --check
 if has nsa; then  # NSA at 64K: 50 timed launches (issue 5); full attention on the same shapes beside it
   step bench_nsa 300 $moex bench ops --op nsa --device cuda --check --repeat 50 --cases bench/cases/nsa.json
   step bench_nsa_full_attention 120 $moex bench ops --op gqa_decode --device cuda --repeat 20 --cases bench/cases/nsa.json

@@ -48,7 +48,7 @@ int bench_main(int argc, char** argv) {
     oo.device = dev;
     bool no_flush = false, no_graph = false;
     CLI::App* ops = app.add_subcommand("ops", "time operators on case files against the roofline floor");
-    ops->add_option("--op", oo.op, "fused_moe, mla_decode, gqa_decode, rms_norm, nsa or prefill_attention")->required();
+    ops->add_option("--op", oo.op, "fused_moe, mla_decode, gqa_decode, rms_norm, nsa, prefill_attention or matmul")->required();
     ops->add_option("--cases", oo.cases_file, "case file (default bench/cases/<op>.json)");
     ops->add_flag("--check", oo.check, "verify each case against the reference before timing it");
     ops->add_option("--device", oo.device, "cuda or cpu")->check(CLI::IsMember({"cuda", "cpu"}));

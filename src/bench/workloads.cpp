@@ -5,7 +5,7 @@
 namespace moex::bench {
 
 const std::vector<std::string>& workload_ops() {
-  static const std::vector<std::string> kOps = {"fused_moe", "mla_decode", "gqa_decode", "rms_norm", "nsa", "prefill_attention"};
+  static const std::vector<std::string> kOps = {"fused_moe", "mla_decode", "gqa_decode", "rms_norm", "nsa", "prefill_attention", "matmul"};
   return kOps;
 }
 
@@ -16,6 +16,7 @@ Expected<std::unique_ptr<Workload>> make_workload(Backend& be, const BenchCase& 
   if (c.op == "rms_norm") return make_rms_norm_workload(be, c, seed, cache);
   if (c.op == "nsa") return make_nsa_workload(be, c, seed, cache);
   if (c.op == "prefill_attention") return make_prefill_workload(be, c, seed, cache);
+  if (c.op == "matmul") return make_matmul_workload(be, c, seed, cache);
   return invalid_argument("case " + c.name + ": unknown op '" + c.op + "'");
 }
 

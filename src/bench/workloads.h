@@ -48,6 +48,7 @@ Expected<std::unique_ptr<Workload>> make_mla_decode_workload(Backend& be, const 
 Expected<std::unique_ptr<Workload>> make_gqa_decode_workload(Backend& be, const BenchCase& c, uint64_t seed, WorkloadCache* cache);
 Expected<std::unique_ptr<Workload>> make_rms_norm_workload(Backend& be, const BenchCase& c, uint64_t seed, WorkloadCache* cache);
 Expected<std::unique_ptr<Workload>> make_nsa_workload(Backend& be, const BenchCase& c, uint64_t seed, WorkloadCache* cache);
+Expected<std::unique_ptr<Workload>> make_matmul_workload(Backend& be, const BenchCase& c, uint64_t seed, WorkloadCache* cache);
 Expected<std::unique_ptr<Workload>> make_prefill_workload(Backend& be, const BenchCase& c, uint64_t seed, WorkloadCache* cache);
 
 // Shared helpers of the workload files.

@@ -26,7 +26,7 @@ int call(std::vector<std::string> args, int (*entry)(int, char**)) {
 
 TEST(OpsBench, SmokeCasesCheckAndRecordOnCpu) {
   std::string dir = temp_dir("ops");
-  for (const char* op : {"fused_moe", "mla_decode", "gqa_decode", "rms_norm", "nsa"}) {
+  for (const char* op : {"fused_moe", "mla_decode", "gqa_decode", "rms_norm", "nsa", "matmul"}) {
     OpsOptions o;
     o.op = op;
     o.cases_file = std::string(MOEX_SOURCE_DIR) + "/bench/cases/smoke.json";
