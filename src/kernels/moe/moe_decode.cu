@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "kernels/common/dtype.cuh"
+#include "kernels/gemm/ptx.cuh"
 #include "kernels/moe/moe.h"
 #include "kernels/moe/moe_combine.cuh"
 #include "kernels/moe/moe_decode.h"
@@ -80,29 +81,12 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\
 
 __device__ __forceinline__ int swz(int row, int chunk) { return ((chunk ^ (row & 7)) * 8); }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-
-// d = a @ b + d: A 16x16 (token rows), B 16x8 (weight rows), fp32 accumulation.
-__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// PTX wrappers shared with the GEMMs (gemm/ptx.cuh).
+using gemm::ptx::cp_async_16;
+using gemm::ptx::cp_async_commit;
+using gemm::ptx::cp_async_wait;
+using gemm::ptx::ldmatrix_x4;
+using gemm::ptx::mma_bf16_16816;
 
 // Finds this block's expert: the rank-th active local expert in ascending id order, or -1 (the
 // same for the whole block) when rank is past the active experts. Fills s.sloc. Every thread
@@ -185,7 +169,7 @@ __device__ void prefetch_w(DecodeSmem<MT, ST>& s, const bf16* const (&wrow)[kWPe
 #pragma unroll
     for (int i = 0; i < kWPer; ++i) {
       const int c = tid + i * kThreads, r = c / 8;
-      cp_async16(&s.w[st][r][swz(r, c % 8)], wrow[i] + st * kBK, true);
+      cp_async_16(&s.w[st][r][swz(r, c % 8)], wrow[i] + st * kBK, true);
     }
   }
 }
@@ -207,12 +191,12 @@ __device__ void stream_tile(DecodeSmem<MT, ST>& s, const bf16* const (&wrow)[kWP
 #pragma unroll
     for (int i = 0; i < kWPer; ++i) {
       const int c = tid + i * kThreads, r = c / 8;
-      if (with_w) cp_async16(&s.w[stage][r][swz(r, c % 8)], wrow[i] + k0, true);
+      if (with_w) cp_async_16(&s.w[stage][r][swz(r, c % 8)], wrow[i] + k0, true);
     }
 #pragma unroll
     for (int i = 0; i < kXPer; ++i) {
       const int c = tid + i * kThreads, r = c / 8;
-      if (c < MT * 8) cp_async16(&s.x[stage][r][swz(r, c % 8)], xr[i] ? xr[i] + k0 : wrow[0], xr[i] != nullptr);
+      if (c < MT * 8) cp_async_16(&s.x[stage][r][swz(r, c % 8)], xr[i] ? xr[i] + k0 : wrow[0], xr[i] != nullptr);
     }
   };
 #pragma unroll
@@ -244,8 +228,8 @@ __device__ void stream_tile(DecodeSmem<MT, ST>& s, const bf16* const (&wrow)[kWP
         unsigned af[4];
         const int xr_ = m * 16 + (lane & 15);
         ldmatrix_x4(af, &s.x[st][xr_][swz(xr_, 2 * kk + (lane >> 4))]);
-        mma_16816(acc[m][0], af, b[0], b[1]);
-        mma_16816(acc[m][1], af, b[2], b[3]);
+        mma_bf16_16816(acc[m][0], af, b[0], b[1]);
+        mma_bf16_16816(acc[m][1], af, b[2], b[3]);
       }
     }
   }

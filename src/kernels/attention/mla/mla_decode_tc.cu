@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "kernels/attention/mla/mla_decode_tc.h"
+#include "kernels/gemm/ptx.cuh"
 #include "kernels/common/dtype.cuh"
 
 namespace moex::kernels {
@@ -72,41 +73,16 @@ struct Args {
   bool one_page;
 };
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  // src-size 0 zero-fills the 16 bytes without reading src.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// 4-byte copy (scales, page ids); src-size 0 zero-fills.
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 4 : 0));
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-// c[16x8] += a[16x16] * b[16x8], f16 inputs, fp32 accumulators.
-__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// c[16x8] += a[16x16] * b[16x8], bf16 inputs, fp32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// PTX wrappers shared with the GEMMs (gemm/ptx.cuh).
+using gemm::ptx::cp_async_16;
+using gemm::ptx::cp_async_commit;
+using gemm::ptx::cp_async_wait;
+using gemm::ptx::ldmatrix_x4;
+using gemm::ptx::cp_async_4;
+using gemm::ptx::ldmatrix_x4_trans;
+using gemm::ptx::mma_bf16_16816;
+using gemm::ptx::mma_f16_16816;
+using gemm::ptx::smem_addr;
 __device__ __forceinline__ float warp_max_f(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -280,7 +256,7 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
     const bool valid = r < rows;
     const __nv_bfloat16* src =
         valid ? a.q + int64_t(grp.g0 + rr / a.heads) * a.s_qt + int64_t(rr % a.heads) * a.s_qh + c * 8 : a.q;
-    cp_async16(qs + r * kLd + c * 8, src, valid);
+    cp_async_16(qs + r * kLd + c * 8, src, valid);
   }
   const int32_t* pages = a.block_table + int64_t(grp.seq) * a.s_bt;
   // Issue one bf16 tile: each thread's 9 chunks are compile-time unrolled so that their
@@ -297,7 +273,7 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       for (int m = 0; m < kChunks; ++m) {
         const int i = tid + m * kThreads, j = i / (kD / 8), c = i % (kD / 8);
         const bool valid = k0 + j < kend;
-        cp_async16(dst + j * kLd + c * 8, valid ? base + (j * s_cs + c * 8) : a.cache, valid);
+        cp_async_16(dst + j * kLd + c * 8, valid ? base + (j * s_cs + c * 8) : a.cache, valid);
       }
     } else {
       int pid[kChunks];
@@ -313,7 +289,7 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
         const bool valid = key < kend;
         const int slot = a.page_shift >= 0 ? key & (a.page_size - 1) : key % a.page_size;
         const __nv_bfloat16* src = valid ? a.cache + int64_t(pid[m]) * a.s_cp + int64_t(slot) * a.s_cs + c * 8 : a.cache;
-        cp_async16(dst + j * kLd + c * 8, src, valid);
+        cp_async_16(dst + j * kLd + c * 8, src, valid);
       }
     }
   };
@@ -338,21 +314,21 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       const bool valid = key < kend;
       const int slot = a.page_shift >= 0 ? key & (a.page_size - 1) : key % a.page_size;
       const uint8_t* src = valid ? a.cache8 + int64_t(tp[j]) * a.s_cp + int64_t(slot) * a.s_cs + c * 16 : a.cache8;
-      cp_async16(dst + j * kD + c * 16, src, valid);
+      cp_async_16(dst + j * kD + c * 16, src, valid);
     }
     if (tid < kTile) {
       const int key = k0 + tid;
       float* sd = key_scale + (t & 1) * kTile + tid;
       if (a.cache_scale != nullptr) {
         const bool valid = key < kend;
-        cp_async4(sd, valid ? a.cache_scale + int64_t(tp[tid]) * a.s_sp + int64_t(key % a.page_size) * a.s_ss : a.cache_scale, valid);
+        cp_async_4(sd, valid ? a.cache_scale + int64_t(tp[tid]) * a.s_sp + int64_t(key % a.page_size) * a.s_ss : a.cache_scale, valid);
       } else {
         *sd = 1.f;
       }
       const int key2 = key + 2 * kTile;
       const bool valid2 = key2 < kend;
       const int pg = a.page_shift >= 0 ? key2 >> a.page_shift : key2 / a.page_size;
-      cp_async4(page_id + ((t + 2) & 3) * kTile + tid, valid2 ? pages + pg : pages, valid2);
+      cp_async_4(page_id + ((t + 2) & 3) * kTile + tid, valid2 ? pages + pg : pages, valid2);
     }
   };
   const int ntiles = (kend - kbeg + kTile - 1) / kTile;
@@ -450,17 +426,17 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       for (int s = 0; s < kKStepsPerSplit; ++s) {
         const int d0 = (dq * kKStepsPerSplit + s) * 16;
         uint32_t bf[4];
-        ldsm_x4(bf, kb + d0);
+        ldmatrix_x4(bf, kb + d0);
 #pragma unroll
         for (int g = 0; g < kRG; ++g) {
           uint32_t af[4];
-          ldsm_x4(af, qa + g * 16 * kLd + d0);
+          ldmatrix_x4(af, qa + g * 16 * kLd + d0);
           if constexpr (kH) {
-            mma_f16(c[g][0], af, bf[0], bf[1]);
-            mma_f16(c[g][1], af, bf[2], bf[3]);
+            mma_f16_16816(c[g][0], af, bf[0], bf[1]);
+            mma_f16_16816(c[g][1], af, bf[2], bf[3]);
           } else {
-            mma_bf16(c[g][0], af, bf[0], bf[1]);
-            mma_bf16(c[g][1], af, bf[2], bf[3]);
+            mma_bf16_16816(c[g][0], af, bf[0], bf[1]);
+            mma_bf16_16816(c[g][1], af, bf[2], bf[3]);
           }
         }
       }
@@ -534,19 +510,19 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       const __nv_bfloat16* vb = kt + (kk + (mi & 1) * 8 + lane % 8) * kLd + warp * 64 + (mi >> 1) * 8;
       uint32_t vf[4][4];
 #pragma unroll
-      for (int jp = 0; jp < 4; ++jp) ldsm_x4_t(vf[jp], vb + jp * 16);
+      for (int jp = 0; jp < 4; ++jp) ldmatrix_x4_trans(vf[jp], vb + jp * 16);
 #pragma unroll
       for (int g = 0; g < kRG; ++g) {
         uint32_t af[4];
-        ldsm_x4(af, ps + (g * 16 + lane % 16) * kPLd + kk + (lane / 16) * 8);
+        ldmatrix_x4(af, ps + (g * 16 + lane % 16) * kPLd + kk + (lane / 16) * 8);
 #pragma unroll
         for (int jp = 0; jp < 4; ++jp) {
           if constexpr (kH) {
-            mma_f16(acc[g][2 * jp], af, vf[jp][0], vf[jp][1]);
-            mma_f16(acc[g][2 * jp + 1], af, vf[jp][2], vf[jp][3]);
+            mma_f16_16816(acc[g][2 * jp], af, vf[jp][0], vf[jp][1]);
+            mma_f16_16816(acc[g][2 * jp + 1], af, vf[jp][2], vf[jp][3]);
           } else {
-            mma_bf16(acc[g][2 * jp], af, vf[jp][0], vf[jp][1]);
-            mma_bf16(acc[g][2 * jp + 1], af, vf[jp][2], vf[jp][3]);
+            mma_bf16_16816(acc[g][2 * jp], af, vf[jp][0], vf[jp][1]);
+            mma_bf16_16816(acc[g][2 * jp + 1], af, vf[jp][2], vf[jp][3]);
           }
         }
       }

@@ -123,9 +123,9 @@ __global__ void __launch_bounds__(kThreads) cmp_select_tc_kernel(Params p, float
         uint32_t h0_, m0_, l0_, h1_, m1_, l1_;
         split3(x0.x, x0.y, h0_, m0_, l0_);
         split3(x1.x, x1.y, h1_, m1_, l1_);
-        tc::mma(x[nt], qa[kk], h0_, h1_);
-        tc::mma(x[nt], qa[kk], m0_, m1_);
-        tc::mma(x[nt], qa[kk], l0_, l1_);
+        tc::mma_bf16_16816(x[nt], qa[kk], h0_, h1_);
+        tc::mma_bf16_16816(x[nt], qa[kk], m0_, m1_);
+        tc::mma_bf16_16816(x[nt], qa[kk], l0_, l1_);
       }
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
@@ -155,9 +155,9 @@ __global__ void __launch_bounds__(kThreads) cmp_select_tc_kernel(Params p, float
       uint32_t b0h, b0l, b1h, b1l;
       split2(vc[(2 * gc) * C::kLdV], vc[(2 * gc + 1) * C::kLdV], b0h, b0l);
       split2(vc[(2 * gc + 8) * C::kLdV], vc[(2 * gc + 9) * C::kLdV], b1h, b1l);
-      tc::mma(st.o[dn], ph, b0h, b1h);
-      tc::mma(st.o[dn], pl, b0h, b1h);
-      tc::mma(st.o[dn], ph, b0l, b1l);
+      tc::mma_bf16_16816(st.o[dn], ph, b0h, b1h);
+      tc::mma_bf16_16816(st.o[dn], pl, b0h, b1h);
+      tc::mma_bf16_16816(st.o[dn], ph, b0l, b1l);
     }
     __syncwarp();  // the next load overwrites the tile
   }

@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
         for (int e = threadIdx.x; e < kSuper * DK / 4; e += NT) {
           const int j = e / (DK / 4), c = (e % (DK / 4)) * 4, blk = s * kSuper + j;
           const bool ok = blk < nc_seg;
-          tc::cp_async16(ks + j * C::kLdK + c, kg + (ok ? int64_t(blk) * p.cmp.k_sj + c : 0), ok);
+          tc::cp_async_16(ks + j * C::kLdK + c, kg + (ok ? int64_t(blk) * p.cmp.k_sj + c : 0), ok);
         }
       } else {
         for (int e = threadIdx.x; e < kSuper * DK; e += NT) {
@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
         for (int e = threadIdx.x; e < kSuper * DV / 4; e += NT) {
           const int j = e / (DV / 4), c = (e % (DV / 4)) * 4, blk = s * kSuper + j;
           const bool ok = blk < nc_seg;
-          tc::cp_async16(vs + j * C::kLdV + c, vg + (ok ? int64_t(blk) * p.cmp.v_sj + c : 0), ok);
+          tc::cp_async_16(vs + j * C::kLdV + c, vg + (ok ? int64_t(blk) * p.cmp.v_sj + c : 0), ok);
         }
       } else {
         for (int e = threadIdx.x; e < kSuper * DV; e += NT) {
@@ -172,11 +172,11 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
           const int off = (role * tc::kKeys + nt * 8 + gr) * C::kLdKb + kk * 16 + 2 * gc;
-          tc::mma(x[nt], qa[kk], *reinterpret_cast<const uint32_t*>(khi + off),
+          tc::mma_bf16_16816(x[nt], qa[kk], *reinterpret_cast<const uint32_t*>(khi + off),
                   *reinterpret_cast<const uint32_t*>(khi + off + 8));
-          tc::mma(x[nt], qa[kk], *reinterpret_cast<const uint32_t*>(kmid + off),
+          tc::mma_bf16_16816(x[nt], qa[kk], *reinterpret_cast<const uint32_t*>(kmid + off),
                   *reinterpret_cast<const uint32_t*>(kmid + off + 8));
-          tc::mma(x[nt], qa[kk], *reinterpret_cast<const uint32_t*>(klo + off),
+          tc::mma_bf16_16816(x[nt], qa[kk], *reinterpret_cast<const uint32_t*>(klo + off),
                   *reinterpret_cast<const uint32_t*>(klo + off + 8));
         }
 #pragma unroll
@@ -220,9 +220,9 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
           const uint32_t b1h = *reinterpret_cast<const uint32_t*>(vthi + off + 8);
           const uint32_t b0l = *reinterpret_cast<const uint32_t*>(vtlo + off);
           const uint32_t b1l = *reinterpret_cast<const uint32_t*>(vtlo + off + 8);
-          tc::mma(st.o[dn], ph, b0h, b1h);
-          tc::mma(st.o[dn], pl, b0h, b1h);
-          tc::mma(st.o[dn], ph, b0l, b1l);
+          tc::mma_bf16_16816(st.o[dn], ph, b0h, b1h);
+          tc::mma_bf16_16816(st.o[dn], pl, b0h, b1h);
+          tc::mma_bf16_16816(st.o[dn], ph, b0l, b1l);
         }
       }
     }

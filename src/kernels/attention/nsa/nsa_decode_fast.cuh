@@ -15,12 +15,12 @@
 
 namespace moex::kernels::nsa::fast {
 
-using tc::cp_async16;
+using tc::cp_async_16;
 using tc::cp_async_commit;
 using tc::cp_async_wait;
-using tc::ldsm_x4;
-using tc::ldsm_x4_t;
-using tc::mma;
+using tc::ldmatrix_x4;
+using tc::ldmatrix_x4_trans;
+using tc::mma_bf16_16816;
 using tc::pack;
 
 constexpr int kWarpsF = kFastThreads / 32;
@@ -154,10 +154,10 @@ __device__ inline void issue_rows(const Smem& s, const FastLayout& L, const Para
   for (int e = threadIdx.x; e < kFastTile * ch; e += kFastThreads) {
     const int j = e / ch, c = (e % ch) * 8, key = t0 + j;
     if (key >= cnt) {
-      cp_async16(dst + j * ld + c, src, false);
+      cp_async_16(dst + j * ld + c, src, false);
     } else {
       const int64_t o = off[key];
-      if (o >= 0) cp_async16(dst + j * ld + c, src + o + c, true);
+      if (o >= 0) cp_async_16(dst + j * ld + c, src + o + c, true);
     }
   }
   if (pool_key >= t0 && pool_key < t0 + kFastTile)
@@ -212,14 +212,14 @@ __device__ void attend_chunk(const Smem& s, const FastLayout& L, const Params& p
     if (kb < tc) {
       for (int kk = 0; kk < dk / 16; ++kk) {
         uint32_t bk[4];
-        ldsm_x4(bk, s.k + (kb + (lane % 8) + (lane / 16) * 8) * L.ldk + kk * 16 + ((lane / 8) % 2) * 8);
+        ldmatrix_x4(bk, s.k + (kb + (lane % 8) + (lane / 16) * 8) * L.ldk + kk * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
         for (int a = 0; a < kMaxMt; ++a) {
           if (a >= MT) break;
           uint32_t qa[4];
-          ldsm_x4(qa, s.q + (a * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * L.ldk + kk * 16 + (lane / 16) * 8);
-          mma(acc[a][0], qa, bk[0], bk[1]);
-          mma(acc[a][1], qa, bk[2], bk[3]);
+          ldmatrix_x4(qa, s.q + (a * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * L.ldk + kk * 16 + (lane / 16) * 8);
+          mma_bf16_16816(acc[a][0], qa, bk[0], bk[1]);
+          mma_bf16_16816(acc[a][1], qa, bk[2], bk[3]);
         }
       }
     }
@@ -313,18 +313,18 @@ __device__ void attend_chunk(const Smem& s, const FastLayout& L, const Params& p
       }
       for (int kk = 0; kk * 16 < tc; ++kk) {
         uint32_t bv[4];
-        ldsm_x4_t(bv, s.v + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * L.ldv + pr * 16 + (lane / 16) * 8);
+        ldmatrix_x4_trans(bv, s.v + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * L.ldv + pr * 16 + (lane / 16) * 8);
 #pragma unroll
         for (int a = 0; a < kMaxMt; ++a) {
           if (a >= MT) break;
           const int prow = a * 16 + (lane % 8) + ((lane / 8) % 2) * 8, pcol = kk * 16 + (lane / 16) * 8;
           uint32_t ah[4], al[4];
-          ldsm_x4(ah, s.ph + prow * L.ldp + pcol);
-          ldsm_x4(al, s.pl + prow * L.ldp + pcol);
-          mma(o[a][pi][0], ah, bv[0], bv[1]);
-          mma(o[a][pi][1], ah, bv[2], bv[3]);
-          mma(o[a][pi][0], al, bv[0], bv[1]);
-          mma(o[a][pi][1], al, bv[2], bv[3]);
+          ldmatrix_x4(ah, s.ph + prow * L.ldp + pcol);
+          ldmatrix_x4(al, s.pl + prow * L.ldp + pcol);
+          mma_bf16_16816(o[a][pi][0], ah, bv[0], bv[1]);
+          mma_bf16_16816(o[a][pi][1], ah, bv[2], bv[3]);
+          mma_bf16_16816(o[a][pi][0], al, bv[0], bv[1]);
+          mma_bf16_16816(o[a][pi][1], al, bv[2], bv[3]);
         }
       }
     }
@@ -367,7 +367,7 @@ __device__ inline void load_q(const Smem& s, const FastLayout& L, const Params& 
   const int kch = p.dk / 8;
   for (int e = threadIdx.x; e < L.g * kch; e += kFastThreads) {
     const int i = e / kch, c = (e % kch) * 8;
-    cp_async16(s.q + i * L.ldk + c, q + int64_t(b) * p.q_st + int64_t(h0 + i) * p.q_sh + c, true);
+    cp_async_16(s.q + i * L.ldk + c, q + int64_t(b) * p.q_st + int64_t(h0 + i) * p.q_sh + c, true);
   }
   cp_async_commit();
 }
@@ -400,8 +400,8 @@ __device__ inline void pool_block(const Smem& s, const FastLayout& L, const Para
   __syncthreads();
   for (int e = threadIdx.x; e < l * (kch + vch); e += kFastThreads) {
     const int r = e / (kch + vch), c = e % (kch + vch);
-    if (c < kch) cp_async16(s.k + r * L.ldk + c * 8, rk + s.koff[r] + c * 8, true);
-    else cp_async16(s.v + r * L.ldv + (c - kch) * 8, rv + s.voff[r] + (c - kch) * 8, true);
+    if (c < kch) cp_async_16(s.k + r * L.ldk + c * 8, rk + s.koff[r] + c * 8, true);
+    else cp_async_16(s.v + r * L.ldv + (c - kch) * 8, rv + s.voff[r] + (c - kch) * 8, true);
   }
   cp_async_commit();
   cp_async_wait<0>();

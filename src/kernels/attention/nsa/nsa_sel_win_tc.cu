@@ -39,13 +39,13 @@ __device__ void branch(const uint32_t (&qa)[DK / 16][4], const Params& p, __nv_b
     for (int c = lane; c < tc::kKeys * DK / 8; c += 32) {
       const int j = c / (DK / 8), ch = c % (DK / 8);
       const int64_t kj = __shfl_sync(0xffffffffu, ko, j);
-      tc::cp_async16(ks + j * C::kLdK + ch * 8, kj >= 0 ? kg + kj + ch * 8 : kg, kj >= 0);
+      tc::cp_async_16(ks + j * C::kLdK + ch * 8, kj >= 0 ? kg + kj + ch * 8 : kg, kj >= 0);
     }
 #pragma unroll
     for (int c = lane; c < tc::kKeys * DV / 8; c += 32) {
       const int j = c / (DV / 8), ch = c % (DV / 8);
       const int64_t vj = __shfl_sync(0xffffffffu, vo, j);
-      tc::cp_async16(vs + j * C::kLdV + ch * 8, vj >= 0 ? vg + vj + ch * 8 : vg, vj >= 0);
+      tc::cp_async_16(vs + j * C::kLdV + ch * 8, vj >= 0 ? vg + vj + ch * 8 : vg, vj >= 0);
     }
   };
   tc::WarpState<DV> st;
@@ -64,9 +64,9 @@ __device__ void branch(const uint32_t (&qa)[DK / 16][4], const Params& p, __nv_b
 #pragma unroll
     for (int kk = 0; kk < DK / 16; ++kk) {
       uint32_t b[4];
-      tc::ldsm_x4(b, ks + ((lane / 16) * 8 + lane % 8) * C::kLdK + kk * 16 + ((lane / 8) % 2) * 8);
-      tc::mma(x[0], qa[kk], b[0], b[1]);
-      tc::mma(x[1], qa[kk], b[2], b[3]);
+      tc::ldmatrix_x4(b, ks + ((lane / 16) * 8 + lane % 8) * C::kLdK + kk * 16 + ((lane / 8) % 2) * 8);
+      tc::mma_bf16_16816(x[0], qa[kk], b[0], b[1]);
+      tc::mma_bf16_16816(x[1], qa[kk], b[2], b[3]);
     }
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
@@ -81,9 +81,9 @@ __device__ void branch(const uint32_t (&qa)[DK / 16][4], const Params& p, __nv_b
 #pragma unroll
     for (int dn = 0; dn < DV / 16; ++dn) {
       uint32_t b[4];
-      tc::ldsm_x4_t(b, vs + ((lane % 8) + ((lane / 8) % 2) * 8) * C::kLdV + dn * 16 + (lane / 16) * 8);
-      tc::mma(st.o[2 * dn], pa, b[0], b[1]);
-      tc::mma(st.o[2 * dn + 1], pa, b[2], b[3]);
+      tc::ldmatrix_x4_trans(b, vs + ((lane % 8) + ((lane / 8) % 2) * 8) * C::kLdV + dn * 16 + (lane / 16) * 8);
+      tc::mma_bf16_16816(st.o[2 * dn], pa, b[0], b[1]);
+      tc::mma_bf16_16816(st.o[2 * dn + 1], pa, b[2], b[3]);
     }
     __syncwarp();  // the next issue overwrites this buffer
   }

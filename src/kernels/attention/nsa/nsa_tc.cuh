@@ -13,35 +13,21 @@
 #include <cstdint>
 
 #include "kernels/attention/nsa/nsa_block.cuh"
+#include "kernels/gemm/ptx.cuh"
 
 namespace moex::kernels::nsa::tc {
 
 constexpr int kWarps = kThreads / 32;
 constexpr int kKeys = 16;  // keys per warp tile
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-// 9.7.9.25.3.1 cp.async.cg: 16 bytes; src-size 0 zero-fills without reading.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-// 9.7.14.5.15 ldmatrix x4 (and .trans).
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-// 9.7.14.5.14 mma.sync m16n8k16 row.col bf16 -> f32: c += a b.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// PTX wrappers shared with the GEMMs (gemm/ptx.cuh).
+using gemm::ptx::cp_async_16;
+using gemm::ptx::cp_async_commit;
+using gemm::ptx::cp_async_wait;
+using gemm::ptx::ldmatrix_x4;
+using gemm::ptx::ldmatrix_x4_trans;
+using gemm::ptx::mma_bf16_16816;
+using gemm::ptx::smem_addr;
 // Two floats as a bf16 pair: the lower column in the low half.
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

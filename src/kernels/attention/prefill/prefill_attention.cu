@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "kernels/attention/prefill/prefill_attention.h"
+#include "kernels/gemm/ptx.cuh"
 
 namespace moex::kernels::prefill {
 namespace {
@@ -33,29 +34,14 @@ constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-// 9.7.9.25.3.1 cp.async.cg: 16 bytes; src-size 0 zero-fills without reading.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-// 9.7.14.5.15 ldmatrix x4 (and .trans).
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-// 9.7.14.5.14 mma.sync m16n8k16 row.col bf16 -> f32: c += a b.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// PTX wrappers shared with the GEMMs (gemm/ptx.cuh).
+using gemm::ptx::cp_async_16;
+using gemm::ptx::cp_async_commit;
+using gemm::ptx::cp_async_wait;
+using gemm::ptx::ldmatrix_x4;
+using gemm::ptx::ldmatrix_x4_trans;
+using gemm::ptx::mma_bf16_16816;
+using gemm::ptx::smem_addr;
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -135,14 +121,14 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p, const Ite
       const int r = c / kCk, ch = c % kCk, key = kt * kBlockKeys + r;
       const bool ok = key < len;
       const __nv_bfloat16* src = ok ? kg + int64_t(seq0 + key) * p.k_st + ch * 8 : kg;
-      cp_async16(dk + swz<DK>(r, ch), src, ok);
+      cp_async_16(dk + swz<DK>(r, ch), src, ok);
     }
 #pragma unroll 4
     for (int c = tid; c < kBlockKeys * kCv; c += kThreads) {
       const int r = c / kCv, ch = c % kCv, key = kt * kBlockKeys + r;
       const bool ok = key < len;
       const __nv_bfloat16* src = ok ? vg + int64_t(seq0 + key) * p.v_st + ch * 8 : vg;
-      cp_async16(dv + swz<DV>(r, ch), src, ok);
+      cp_async_16(dv + swz<DV>(r, ch), src, ok);
     }
   };
 
@@ -200,9 +186,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p, const Ite
         for (int np = 0; np < kBlockKeys / 16; ++np) {
           uint32_t b[4];
           const int key = np * 16 + mr + ((mi >> 1) << 3);
-          ldsm_x4(b, smem_u32(tk + swz<DK>(key, kk * 2 + (mi & 1))));
-          mma(s[2 * np], qa[kk], b[0], b[1]);
-          mma(s[2 * np + 1], qa[kk], b[2], b[3]);
+          ldmatrix_x4(b, smem_addr(tk + swz<DK>(key, kk * 2 + (mi & 1))));
+          mma_bf16_16816(s[2 * np], qa[kk], b[0], b[1]);
+          mma_bf16_16816(s[2 * np + 1], qa[kk], b[2], b[3]);
         }
       }
       // Mask only where the tile can hold an invisible key for one of the warp's rows.
@@ -257,9 +243,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p, const Ite
         for (int dp = 0; dp < DV / 16; ++dp) {
           uint32_t b[4];
           const int key = kk * 16 + mr + ((mi & 1) << 3);
-          ldsm_x4_t(b, smem_u32(tv + swz<DV>(key, dp * 2 + (mi >> 1))));
-          mma(o[2 * dp], pa, b[0], b[1]);
-          mma(o[2 * dp + 1], pa, b[2], b[3]);
+          ldmatrix_x4_trans(b, smem_addr(tv + swz<DV>(key, dp * 2 + (mi >> 1))));
+          mma_bf16_16816(o[2 * dp], pa, b[0], b[1]);
+          mma_bf16_16816(o[2 * dp + 1], pa, b[2], b[3]);
         }
       }
     }
