@@ -31,28 +31,39 @@ struct alignas(4 * sizeof(T)) Vec4 {
   T v[4];
 };
 
+// Row pointers of a block's tile: A rows m0.. of x, B rows n0.. of w (batch b), nullptr past m / n.
+template <int BM, int BN>
+__device__ __forceinline__ void set_rows(const DenseArgs& a, int b, int m0, int n0, const __nv_bfloat16** a_row,
+                                         const __nv_bfloat16** b_row) {
+  const auto* x = static_cast<const __nv_bfloat16*>(a.x) + b * a.sxb;  // [m, k]
+  const auto* w = static_cast<const __nv_bfloat16*>(a.w) + b * a.swb;  // [n, k]
+  for (int r = threadIdx.x; r < BM; r += blockDim.x) a_row[r] = (m0 + r < a.m) ? x + int64_t(m0 + r) * a.sxm : nullptr;
+  for (int c = threadIdx.x; c < BN; c += blockDim.x) b_row[c] = (n0 + c < a.n) ? w + int64_t(n0 + c) * a.swn : nullptr;
+}
+
+// One element per thread and step: out = alpha * C (+ out), C element (r, c) from c_at.
+template <class TOut, int BM, int BN, class CAt>
+__device__ __forceinline__ void store_tile(const DenseArgs& a, int b, int m0, int n0, CAt c_at) {
+  TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
+  for (int i = threadIdx.x; i < BM * BN; i += blockDim.x) {
+    const int r = i / BN, c = i % BN;
+    if (m0 + r >= a.m || n0 + c >= a.n) continue;
+    TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
+    float v = a.alpha * c_at(r, c);
+    if (a.accumulate) v = to_f32(*o) + v;
+    *o = from_f32<TOut>(v);
+  }
+}
+
 template <class Cfg, bool kVec, class TOut>
 __global__ void __launch_bounds__(gemm::kThreads) dense_mma_kernel(DenseArgs a) {
   __shared__ __align__(128) gemm::SmemTile<Cfg> s;
   const int b = blockIdx.z;
   const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
-  const auto* x = static_cast<const __nv_bfloat16*>(a.x) + b * a.sxb;  // [m, k]
-  const auto* w = static_cast<const __nv_bfloat16*>(a.w) + b * a.swb;  // [n, k]
-  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x)
-    s.a_row[r] = (m0 + r < a.m) ? x + int64_t(m0 + r) * a.sxm : nullptr;
-  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x)
-    s.b_row[c] = (n0 + c < a.n) ? w + int64_t(n0 + c) * a.swn : nullptr;
+  set_rows<Cfg::BM, Cfg::BN>(a, b, m0, n0, s.a_row, s.b_row);
   __syncthreads();
   gemm::mma_tile<Cfg, kVec>(s, a.k);
-  TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
-  for (int i = threadIdx.x; i < Cfg::BM * Cfg::BN; i += blockDim.x) {
-    const int r = i / Cfg::BN, c = i % Cfg::BN;
-    if (m0 + r >= a.m || n0 + c >= a.n) continue;
-    TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
-    float v = a.alpha * s.c[r][c];
-    if (a.accumulate) v = to_f32(*o) + v;
-    *o = from_f32<TOut>(v);
-  }
+  store_tile<TOut, Cfg::BM, Cfg::BN>(a, b, m0, n0, [&](int r, int c) { return s.c[r][c]; });
 }
 
 // Pipelined tile (mma_pipeline.cuh): rows 16-byte aligned and k % 8 == 0.
@@ -62,23 +73,10 @@ __global__ void __launch_bounds__(gemm::kPipeThreads, Cfg::MIN_BLOCKS) dense_pip
   const gemm::PipeSmem<Cfg> s{smem};
   const int b = blockIdx.z;
   const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
-  const auto* x = static_cast<const __nv_bfloat16*>(a.x) + b * a.sxb;  // [m, k]
-  const auto* w = static_cast<const __nv_bfloat16*>(a.w) + b * a.swb;  // [n, k]
-  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x)
-    s.a_row()[r] = (m0 + r < a.m) ? x + int64_t(m0 + r) * a.sxm : nullptr;
-  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x)
-    s.b_row()[c] = (n0 + c < a.n) ? w + int64_t(n0 + c) * a.swn : nullptr;
+  set_rows<Cfg::BM, Cfg::BN>(a, b, m0, n0, s.a_row(), s.b_row());
   __syncthreads();
   gemm::pipe_tile<Cfg>(s, a.k);
-  TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
-  for (int i = threadIdx.x; i < Cfg::BM * Cfg::BN; i += blockDim.x) {
-    const int r = i / Cfg::BN, c = i % Cfg::BN;
-    if (m0 + r >= a.m || n0 + c >= a.n) continue;
-    TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
-    float v = a.alpha * s.c(r, c);
-    if (a.accumulate) v = to_f32(*o) + v;
-    *o = from_f32<TOut>(v);
-  }
+  store_tile<TOut, Cfg::BM, Cfg::BN>(a, b, m0, n0, [&](int r, int c) { return s.c(r, c); });
 }
 
 // wgmma tile (wgmma_pipeline.cuh, sm_90a): same operands and epilogue as dense_pipe_kernel.
@@ -88,12 +86,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::MIN_BLOCKS) dense_wg_kerne
   const auto s = gemm::WgSmem<Cfg>::from(smem);
   const int b = blockIdx.z;
   const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
-  const auto* x = static_cast<const __nv_bfloat16*>(a.x) + b * a.sxb;  // [m, k]
-  const auto* w = static_cast<const __nv_bfloat16*>(a.w) + b * a.swb;  // [n, k]
-  for (int r = threadIdx.x; r < Cfg::BM; r += blockDim.x)
-    s.a_row()[r] = (m0 + r < a.m) ? x + int64_t(m0 + r) * a.sxm : nullptr;
-  for (int c = threadIdx.x; c < Cfg::BN; c += blockDim.x)
-    s.b_row()[c] = (n0 + c < a.n) ? w + int64_t(n0 + c) * a.swn : nullptr;
+  set_rows<Cfg::BM, Cfg::BN>(a, b, m0, n0, s.a_row(), s.b_row());
   __syncthreads();
   gemm::wg_tile<Cfg>(s, a.k);
   TOut* out = static_cast<TOut*>(a.out) + b * a.sob;  // [m, n]
@@ -119,14 +112,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::MIN_BLOCKS) dense_wg_kerne
     }
     return;
   }
-  for (int i = threadIdx.x; i < Cfg::BM * Cfg::BN; i += blockDim.x) {
-    const int r = i / Cfg::BN, c = i % Cfg::BN;
-    if (m0 + r >= a.m || n0 + c >= a.n) continue;
-    TOut* o = out + int64_t(m0 + r) * a.som + int64_t(n0 + c) * a.son;
-    float v = a.alpha * s.c(r, c);
-    if (a.accumulate) v = to_f32(*o) + v;
-    *o = from_f32<TOut>(v);
-  }
+  store_tile<TOut, Cfg::BM, Cfg::BN>(a, b, m0, n0, [&](int r, int c) { return s.c(r, c); });
 }
 
 // Fallback for f32 / f16 operands: 16x16 output tile per block, fp32 FMA in ascending K order.
