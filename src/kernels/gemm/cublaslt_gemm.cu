@@ -5,8 +5,8 @@
 //
 // Row-major to cuBLASLt's column-major: out^T [n, m] = w [n, k] . x^T [k, m], i.e. D (n x m,
 // ld som) = op(A) B with A = w seen as a k x n column-major matrix (ld swn) transposed, and
-// B = x seen as k x m (ld sxm). Batches use strided-batch offsets. One handle per process, no
-// workspace (the algorithms that need none), algorithms cached per shape.
+// B = x seen as k x m (ld sxm). Batches use strided-batch offsets. One handle per device, no
+// workspace (the algorithms that need none), algorithms cached per device and shape.
 #include <cublasLt.h>
 
 #include <cstdlib>
@@ -27,13 +27,13 @@ struct Plan {
   bool ok = false;
 };
 
-using Key = std::tuple<int, int, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
+// (device, m, n, k, batch, strides of x, w and out, f32 out)
+using Key = std::tuple<int, int, int, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
 
 struct LtState {
   std::mutex mu;
-  cublasLtHandle_t handle = nullptr;
-  bool handle_failed = false;
-  std::map<Key, Plan> plans;  // never freed: a process runs a handful of shapes
+  std::map<int, cublasLtHandle_t> handles;  // by device; nullptr: creation failed
+  std::map<Key, Plan> plans;                 // never freed: a process runs a handful of shapes
 };
 
 LtState& state() {
@@ -93,15 +93,23 @@ bool cublaslt_applies(const LtArgs& a) {
 }
 
 cudaError_t launch_cublaslt(const LtArgs& a, cudaStream_t stream) {
+  int device = 0;
+  const cudaError_t dev_err = cudaGetDevice(&device);
+  if (dev_err != cudaSuccess) return dev_err;
   LtState& s = state();
   Plan plan;
   cublasLtHandle_t h = nullptr;
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    if (s.handle == nullptr && !s.handle_failed) s.handle_failed = cublasLtCreate(&s.handle) != CUBLAS_STATUS_SUCCESS;
-    if (s.handle_failed) return cudaErrorNotSupported;
-    h = s.handle;
-    const Key key{a.m, a.n, a.k, a.batch, a.sxb, a.sxm, a.swb, a.swn, a.sob, a.som, a.out_f32, 0};
+    auto hit = s.handles.find(device);
+    if (hit == s.handles.end()) {
+      cublasLtHandle_t created = nullptr;
+      if (cublasLtCreate(&created) != CUBLAS_STATUS_SUCCESS) created = nullptr;
+      hit = s.handles.emplace(device, created).first;
+    }
+    if (hit->second == nullptr) return cudaErrorNotSupported;
+    h = hit->second;
+    const Key key{device, a.m, a.n, a.k, a.batch, a.sxb, a.sxm, a.swb, a.swn, a.sob, a.som, a.out_f32};
     auto it = s.plans.find(key);
     if (it == s.plans.end()) it = s.plans.emplace(key, make_plan(h, a)).first;
     plan = it->second;

@@ -127,8 +127,8 @@ cudaError_t launch_w(const SkinnyArgs& a, int batch, cudaStream_t stream) {
   constexpr int kStages = W == 1 ? 16 : (W == 2 ? 12 : 8);
   auto* kernel = skinny_gemm_kernel<W, kStages, TOut>;
   constexpr int smem = int(sizeof(SkinnySmem<W, kStages>));
-  // Set once per instantiation (a host-side attribute write, not a per-launch cost).
-  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  // Per call, as for the other tiles: the attribute belongs to the current device's context.
+  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(unsigned((a.n + 16 * W - 1) / (16 * W)), unsigned(batch));
   kernel<<<grid, 32 * W, smem, stream>>>(a);
