@@ -77,10 +77,7 @@ class Model {
   // still on the backend, to `consume` (e.g. a device sampler that copies back only ids) before
   // the step's scratch is freed. Not called when there are no logits rows.
   using LogitsConsumer = std::function<Status(const Tensor& logits)>;
-  virtual Status forward_consume(const ForwardBatch& batch, const LogitsConsumer& consume) {
-    (void)batch, (void)consume;
-    return unsupported("Model::forward_consume: not implemented by this model");
-  }
+  virtual Status forward_consume(const ForwardBatch& batch, const LogitsConsumer& consume) = 0;
   // Turning profiling on clears the accumulated profile; off leaves it readable. Off costs one
   // branch per region boundary and changes no results.
   virtual void set_profiling(bool on) { (void)on; }
