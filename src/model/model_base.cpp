@@ -138,8 +138,12 @@ Expected<Tensor> WeightLoader::upload(const void* host, DType dtype, std::vector
   const size_t bytes = size_t(numel_of(shape)) * dtype_size(dtype);
   MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
   MOEX_RETURN_IF_ERROR(backend_.copy_from_host(buf.data(), host, bytes));
+  return keep(std::move(buf), dtype, shape, is_weight);
+}
+
+Tensor WeightLoader::keep(Buffer buf, DType dtype, const std::vector<int64_t>& shape, bool is_weight) {
   Tensor t = Tensor::make(buf.data(), dtype, shape, backend_.device());
-  if (is_weight) stored_bytes_ += int64_t(bytes);
+  if (is_weight) stored_bytes_ += int64_t(buf.bytes());
   buffers_.push_back(std::move(buf));
   return t;
 }
@@ -155,10 +159,7 @@ Expected<Tensor> WeightLoader::load(const std::string& name, std::vector<int64_t
     const size_t bytes = size_t(numel_of(shape)) * dtype_size(weight_dtype_);
     MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
     MOEX_RETURN_IF_ERROR(fill_random(name, buf.data(), weight_dtype_, numel_of(shape)));
-    Tensor t = Tensor::make(buf.data(), weight_dtype_, shape, backend_.device());
-    stored_bytes_ += int64_t(bytes);
-    buffers_.push_back(std::move(buf));
-    return t;
+    return keep(std::move(buf), weight_dtype_, shape);
   }
   std::vector<uint8_t> host;
   DType dtype;
@@ -197,17 +198,14 @@ Expected<Tensor> WeightLoader::load_stacked(const std::vector<std::string>& name
   // One device buffer; each part is read and copied into its rows so that host memory holds
   // one part at a time (a full-size expert layer is tens of GB).
   const int64_t part_numel = numel_of(part_shape);
+  std::vector<int64_t> shape = part_shape;  // the parts' rows stacked
+  shape[0] *= int64_t(names.size());
   if (ckpt_ == nullptr) {  // random weights: each part generated in place
     const size_t part_bytes = size_t(part_numel) * dtype_size(weight_dtype_);
     MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(part_bytes * names.size()));
     for (size_t i = 0; i < names.size(); ++i)
       MOEX_RETURN_IF_ERROR(fill_random(names[i], static_cast<char*>(buf.data()) + i * part_bytes, weight_dtype_, part_numel));
-    std::vector<int64_t> shape = part_shape;
-    shape[0] *= int64_t(names.size());
-    Tensor t = Tensor::make(buf.data(), weight_dtype_, shape, backend_.device());
-    stored_bytes_ += int64_t(part_bytes * names.size());
-    buffers_.push_back(std::move(buf));
-    return t;
+    return keep(std::move(buf), weight_dtype_, shape);
   }
   std::vector<uint8_t> host;
   DType dtype;
@@ -225,12 +223,7 @@ Expected<Tensor> WeightLoader::load_stacked(const std::vector<std::string>& name
     MOEX_RETURN_IF_ERROR(backend_.copy_from_host(static_cast<char*>(buf.data()) + i * part_bytes, host.data(),
                                                  part_bytes));
   }
-  std::vector<int64_t> shape = part_shape;
-  shape[0] *= int64_t(names.size());
-  Tensor t = Tensor::make(buf.data(), dtype, shape, backend_.device());
-  stored_bytes_ += int64_t(part_bytes * names.size());
-  buffers_.push_back(std::move(buf));
-  return t;
+  return keep(std::move(buf), dtype, shape);
 }
 
 Expected<Tensor> WeightLoader::load_concat(const std::vector<std::string>& names, const std::vector<int64_t>& rows,
@@ -262,10 +255,7 @@ Expected<Tensor> WeightLoader::load_concat(const std::vector<std::string>& names
     }
     dst += bytes;
   }
-  Tensor t = Tensor::make(buf.data(), dtype, {total, cols}, backend_.device());
-  stored_bytes_ += int64_t(size_t(total * cols) * es);
-  buffers_.push_back(std::move(buf));
-  return t;
+  return keep(std::move(buf), dtype, {total, cols});
 }
 
 // ---------------------------------------------------------------------------------------------

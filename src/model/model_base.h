@@ -49,6 +49,8 @@ class WeightLoader {
   // Random init of a non-norm tensor on the backend itself (no host copy): dst [n] in dtype,
   // the same values read_host generates.
   Status fill_random(const std::string& name, void* dst, DType dtype, int64_t n);
+  // Keeps `buf` alive as a tensor of `shape`; `is_weight`: its bytes count in stored_bytes.
+  Tensor keep(Buffer buf, DType dtype, const std::vector<int64_t>& shape, bool is_weight = true);
 
   Backend& backend_;
   const ModelConfig& config_;
