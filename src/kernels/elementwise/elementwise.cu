@@ -1,6 +1,7 @@
 // Embedding, strided copy/cast, residual add, SwiGLU and cache_write: memory-bound, one pass.
 #include <algorithm>
 
+#include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
 #include "kernels/elementwise/elementwise.h"
 
@@ -173,7 +174,7 @@ cudaError_t launch_silu_mul(const ops::SiluMulParams& p, cudaStream_t stream) {
 cudaError_t launch_random_uniform(const ops::RandomUniformParams& p, cudaStream_t stream) {
   const int64_t n = p.out.shape[0];
   if (n == 0) return cudaSuccess;
-  const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 132 * 16));
+  const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(sm_count()) * 16));
   const bool ok = dispatch_act(p.out.dtype, [&](auto to) {
     using TO = decltype(to);
     random_uniform_kernel<TO><<<blocks, kThreads, 0, stream>>>(p.out.ptr<TO>(), n, p.stream, double(p.half_width));

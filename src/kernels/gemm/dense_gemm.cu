@@ -4,6 +4,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
 #include "kernels/gemm/cublaslt_gemm.h"
 #include "kernels/gemm/gemm.h"
@@ -171,14 +172,6 @@ cudaError_t launch_wg(const DenseArgs& a, int batch, cudaStream_t stream) {
   const dim3 grid(ceil_div(a.n, Cfg::BN), ceil_div(a.m, Cfg::BM), batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
   return cudaGetLastError();
-}
-
-// Streaming multiprocessors of the current device (the tile choice wants two waves).
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return 132;  // an H100 SXM; only the tile choice depends on it
-  return n;
 }
 
 template <class TOut>

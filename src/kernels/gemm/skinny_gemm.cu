@@ -12,6 +12,7 @@
 // K order, token row = A operand, weight row = B operand: the same chain as every other tile
 // (mma_tile.cuh, mma_pipeline.cuh, wgmma_pipeline.cuh), so a row's bits do not depend on m or on
 // the path (tests/cuda_ops/matmul_test.cpp, RowBitsDoNotDependOn*).
+#include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
 #include "kernels/gemm/ptx.cuh"
 #include "kernels/gemm/skinny_gemm.h"
@@ -146,8 +147,9 @@ bool skinny_gemm_applies(const SkinnyArgs& a) {
 cudaError_t launch_skinny_gemm(const SkinnyArgs& a, int batch, bool out_f32, cudaStream_t stream) {
   if (batch > 65535) return cudaErrorInvalidValue;
   // Blocks of 16, 32 or 64 weight rows: the fewest rows per block that still gives about two
-  // blocks per SM (132 on an H100), so that narrow GEMMs (k/v projections, routers) spread out.
-  const int64_t rows_per_sm = (int64_t(a.n) * batch + 263) / 264;
+  // blocks per SM, so that narrow GEMMs (k/v projections, routers) spread out.
+  const int64_t two_waves = 2 * int64_t(sm_count());
+  const int64_t rows_per_sm = (int64_t(a.n) * batch + two_waves - 1) / two_waves;
   if (rows_per_sm <= 16) return out_f32 ? launch_w<1, float>(a, batch, stream) : launch_w<1, bf16>(a, batch, stream);
   if (rows_per_sm <= 32) return out_f32 ? launch_w<2, float>(a, batch, stream) : launch_w<2, bf16>(a, batch, stream);
   return out_f32 ? launch_w<4, float>(a, batch, stream) : launch_w<4, bf16>(a, batch, stream);

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kernels/attention/attention.h"
+#include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
 
 namespace moex::kernels::attention {
@@ -249,6 +250,7 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
   cudaError_t err = cudaFuncSetAttribute(attn_split_kernel<TQ, TKV, kDVJ>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
+  const int64_t two_waves = 2 * int64_t(sm_count());
   for (int t0 = 0; t0 < n; t0 += chunk) {
     a.token0 = t0;
     a.tokens = n - t0 < chunk ? n - t0 : chunk;
@@ -257,7 +259,7 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
     // the rows sharing its block, so this changes no bits.
     const int64_t base_blocks = int64_t(a.tokens) * a.kv_heads * a.num_splits;
     a.rows_per_block = kRows;
-    while (a.rows_per_block > 2 && base_blocks * ((a.group + a.rows_per_block - 1) / a.rows_per_block) < 264)
+    while (a.rows_per_block > 2 && base_blocks * ((a.group + a.rows_per_block - 1) / a.rows_per_block) < two_waves)
       a.rows_per_block /= 2;
     const dim3 grid(unsigned(a.tokens * a.kv_heads), unsigned(a.num_splits),
                     unsigned((a.group + a.rows_per_block - 1) / a.rows_per_block));

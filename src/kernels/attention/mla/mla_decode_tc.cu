@@ -32,6 +32,7 @@
 
 #include "kernels/attention/mla/mla_decode_tc.h"
 #include "kernels/gemm/ptx.cuh"
+#include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
 
 namespace moex::kernels {
@@ -683,14 +684,6 @@ int stages_mode() {  // 0 auto, 1 always 2, 2 always deep
     return s == "2" ? 1 : s == "deep" ? 2 : 0;
   }();
   return mode;
-}
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, c = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
-    return c;
-  }();
-  return n;
 }
 bool deep_stages(int row_groups, int64_t ctas) {
   const int mode = stages_mode();
