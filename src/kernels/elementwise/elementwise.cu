@@ -1,6 +1,7 @@
 // Embedding, strided copy/cast, residual add, SwiGLU and cache_write: memory-bound, one pass.
 #include <algorithm>
 
+#include "core/random.h"
 #include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
 #include "kernels/elementwise/elementwise.h"
@@ -73,18 +74,13 @@ __global__ void cache_write_kernel(const TS* src, int64_t s_src, const int32_t* 
     dst[int64_t(slot) * s_dst + c] = from_f32<TD>(to_f32(src[int64_t(t) * s_src + c]));
 }
 
-// out[i] = round((2 u - 1) * half_width), u from SplitMix64 of stream + i: the same double
-// arithmetic as the CPU reference (2 u is exact, so a fused multiply-add changes nothing).
-__device__ __forceinline__ uint64_t splitmix64_dev(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+// out[i] = round((2 u - 1) * half_width), u from SplitMix64 of stream + i (core/random.h, its
+// constexpr functions compiled for the device): the same double arithmetic as the CPU reference
+// (2 u is exact, so a fused multiply-add changes nothing).
 template <class TO>
 __global__ void random_uniform_kernel(TO* out, int64_t n, uint64_t stream, double half_width) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const double u = double(splitmix64_dev(stream + uint64_t(i)) >> 11) * (1.0 / 9007199254740992.0);
+    const double u = unit_double(splitmix64(stream + uint64_t(i)));
     out[i] = from_f32<TO>(float(__dmul_rn(__dadd_rn(__dmul_rn(2.0, u), -1.0), half_width)));
   }
 }
