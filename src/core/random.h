@@ -24,6 +24,14 @@ constexpr uint64_t fnv1a(std::string_view s) {
 // 53 random bits as a double in [0, 1).
 constexpr double unit_double(uint64_t bits) { return double(bits >> 11) * (1.0 / 9007199254740992.0); }
 
+// Element i of a seeded uniform tensor in [-half_width, half_width): (2 u - 1) * half_width with
+// u = unit_double(splitmix64(stream + i)), in double (the caller rounds once to its dtype). The
+// random weights of every backend and of tools/hf_random_parity.py. 2 u is exact, so a fused
+// multiply-add of 2 u - 1 gives the same double.
+constexpr double uniform_element(uint64_t stream, uint64_t i, double half_width) {
+  return (2.0 * unit_double(splitmix64(stream + i)) - 1.0) * half_width;
+}
+
 // The sequential SplitMix64 generator: state advances by the golden-ratio increment.
 class SplitMix64 {
  public:

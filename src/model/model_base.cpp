@@ -108,11 +108,7 @@ Status WeightLoader::read_host(const std::string& name, const std::vector<int64_
     // full-size checkpoints (30B+ values) are otherwise minutes of one core.
     parallel_chunks(n, [=](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        float v = 1.0f;
-        if (!is_norm) {
-          const double u = unit_double(splitmix64(base + uint64_t(i)));
-          v = float((2.0 * u - 1.0) * half_width);
-        }
+        const float v = is_norm ? 1.0f : float(uniform_element(base, uint64_t(i), half_width));
         store_from_f32(dst, dt, size_t(i), v);
       }
     });

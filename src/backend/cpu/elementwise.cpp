@@ -133,8 +133,7 @@ Status random_uniform(const Ctx& ctx, const ops::RandomUniformParams& p) {
   parallel_for(ctx, (n + kChunk - 1) / kChunk, kChunk, [&](int64_t c, int) {
     const int64_t end = std::min(n, (c + 1) * kChunk);
     for (int64_t i = c * kChunk; i < end; ++i) {
-      const double u = unit_double(splitmix64(p.stream + uint64_t(i)));
-      store_from_f32(p.out.data, p.out.dtype, size_t(i), float((2.0 * u - 1.0) * double(p.half_width)));
+      store_from_f32(p.out.data, p.out.dtype, size_t(i), float(uniform_element(p.stream, uint64_t(i), p.half_width)));
     }
   });
   return Status::ok();

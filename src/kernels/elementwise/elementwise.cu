@@ -74,14 +74,12 @@ __global__ void cache_write_kernel(const TS* src, int64_t s_src, const int32_t* 
     dst[int64_t(slot) * s_dst + c] = from_f32<TD>(to_f32(src[int64_t(t) * s_src + c]));
 }
 
-// out[i] = round((2 u - 1) * half_width), u from SplitMix64 of stream + i (core/random.h, its
-// constexpr functions compiled for the device): the same double arithmetic as the CPU reference
-// (2 u is exact, so a fused multiply-add changes nothing).
+// out[i] = round(uniform_element(stream, i, half_width)) (core/random.h, constexpr, compiled for
+// the device): the same double as the CPU reference.
 template <class TO>
 __global__ void random_uniform_kernel(TO* out, int64_t n, uint64_t stream, double half_width) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const double u = unit_double(splitmix64(stream + uint64_t(i)));
-    out[i] = from_f32<TO>(float(__dmul_rn(__dadd_rn(__dmul_rn(2.0, u), -1.0), half_width)));
+    out[i] = from_f32<TO>(float(uniform_element(stream, uint64_t(i), half_width)));
   }
 }
 
