@@ -86,6 +86,18 @@ class FusedMoeTest : public CudaOpsTest {
     return {to_device(*gpu_, x), to_device(*gpu_, ids), to_device(*gpu_, wts)};
   }
 
+  // The op on `in` (n tokens, bf16 out, no expert map) with the environment knob name=value set
+  // for this call only; the output, copied to the host, into *out.
+  void run_with_knob(const char* name, const char* value, const DeviceInputs& in, const MoeWeights& w, int64_t n,
+                     int64_t hidden, HostTensor* out) {
+    setenv(name, value, 1);
+    DeviceTensor d = device_poisoned(*gpu_, DType::kBF16, {n, hidden});
+    const Status st = gpu_->fused_moe(params(in.x.t, in.ids.t, in.wts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, d.t, false));
+    unsetenv(name);
+    MOEX_ASSERT_OK(st);
+    *out = to_host(*gpu_, d);
+  }
+
   void check(const MoeShape& s, const MoeWeights& w, int64_t n, DType out_dtype = DType::kBF16) {
     SCOPED_TRACE(std::string(s.name) + " n " + std::to_string(n) + " out " + std::string(dtype_name(out_dtype)) + " seed " +
                  std::to_string(seed_));
@@ -177,12 +189,8 @@ TEST_F(FusedMoeTest, TokenBitsDoNotDependOnTile) {
       {"MOEX_MOE_RASTER", "64"},         {"MOEX_MOE_WG13", "wide"},    {"MOEX_MOE_WG2", "wide"},
       {"MOEX_MOE_WG_MODE", "0"},         {"MOEX_MOE_WG_MODE", "2"}};
   for (const auto& [name, value] : knobs) {
-    setenv(name, value, 1);
-    DeviceTensor d = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
-    const Status st = gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, d.t, false));
-    unsetenv(name);
-    MOEX_ASSERT_OK(st);
-    HostTensor got = to_host(*gpu_, d);
+    HostTensor got;
+    ASSERT_NO_FATAL_FAILURE(run_with_knob(name, value, in, w, n, s.hidden, &got));
     for (int64_t r = 0; r < n; ++r)
       ASSERT_TRUE(rows_bit_equal(got, r, all, r)) << "token " << r << " " << name << "=" << value;
   }
@@ -222,12 +230,8 @@ TEST_F(FusedMoeTest, FewRowsPerExpertBitsMatchTheDecodePath) {
                                                         {"MOEX_MOE_TILE_POLICY", "1"}};
   std::vector<int> differing;
   for (const auto& [name, value] : knobs) {
-    setenv(name, value, 1);
-    DeviceTensor d = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
-    const Status st = gpu_->fused_moe(params(dx.t, dids.t, dwts.t, w.d_w13.t, w.d_w2.t, w.d_map.t, d.t, false));
-    unsetenv(name);
-    MOEX_ASSERT_OK(st);
-    HostTensor all = to_host(*gpu_, d);
+    HostTensor all;
+    ASSERT_NO_FATAL_FAILURE(run_with_knob(name, value, in, w, n, s.hidden, &all));
     int rows = 0;
     for (size_t i = 0; i < probe.size(); ++i) rows += rows_bit_equal(alone[i], 0, all, probe[i]) ? 0 : 1;
     std::printf("[ BITS     ] %s=%s: %d of %zu probed tokens differ from the decode path\n", name, value, rows,
