@@ -1,9 +1,12 @@
 // The fused-MoE decode path (kernels/moe/moe_decode.cu, taken for at most kMoeDecodeMaxTokens
 // tokens) against the CPU backend over the model shapes of bench/cases/fused_moe.json, with
 // shared experts, partial expert maps and skewed routing; and bit-identity of a token's output
-// whether the decode or the prefill path computed it.
+// whether the decode or the prefill path computed it, and whether the decode path ran as one
+// launch (moe_decode_fused.cu) or three.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <vector>
 
 #include "cuda_ops/cuda_ops_util.h"
 
@@ -218,7 +221,104 @@ TEST_F(FusedMoeDecodeTest, TokenBitsDoNotDependOnPath) {
   }
 }
 
-// Repeated calls give the same bits (no atomics, no order that depends on scheduling).
+// MOEX_MOE_DECODE_FUSED (read at every call) sets the single-launch plan's token limit: "0" runs
+// the three-kernel plan, "16" the single launch up to 16 tokens.
+HostTensor run_plan(Backend& gpu, const char* fused, const ops::FusedMoeParams& p, DType out_dtype, int64_t n,
+                    int64_t hidden) {
+  setenv("MOEX_MOE_DECODE_FUSED", fused, 1);
+  DeviceTensor d = device_poisoned(gpu, out_dtype, {n, hidden});
+  ops::FusedMoeParams q = p;
+  q.out = d.t;
+  const Status st = gpu.fused_moe(q);
+  unsetenv("MOEX_MOE_DECODE_FUSED");
+  EXPECT_TRUE(st.is_ok()) << st.message();
+  return to_host(gpu, d);
+}
+
+// The single launch against the CPU backend and bit-identical to the three-kernel plan, over
+// shared experts, expert maps, one hot expert, no local expert, top_k = E and f32 output.
+TEST_F(FusedMoeDecodeTest, SingleLaunchMatchesCpuAndThreeKernelBits) {
+  struct Case {
+    DecodeShape s;
+    Routing routing;
+    DType out;
+    std::vector<int64_t> ns;
+  };
+  const std::vector<Case> cases = {
+      {{"qwen3-30b-a3b", 128, 8, 2048, 768, 128, 0}, Routing::kRandom, DType::kBF16, {1, 2, 5, 16}},
+      {{"deepseek-v2-lite (24 of 64 local + 2 shared)", 64, 6, 2048, 1408, 24, 2}, Routing::kRandom, DType::kBF16, {1, 3, 16}},
+      {{"qwen3-235b-a22b (12 of 128 local)", 128, 8, 4096, 1536, 12, 0}, Routing::kRandom, DType::kF32, {1, 7}},
+      {{"one expert, mapped", 32, 4, 1024, 512, 7, 0}, Routing::kOneExpert, DType::kBF16, {1, 9, 16}},
+      {{"none local", 64, 6, 1024, 512, 8, 0}, Routing::kNoneLocal, DType::kBF16, {1, 4}},
+      {{"top_k = E", 8, 8, 512, 256, 8, 0}, Routing::kAllExperts, DType::kBF16, {1, 16}},
+      {{"top_k = E", 8, 8, 512, 256, 8, 0}, Routing::kAllExperts, DType::kF32, {3}},
+  };
+  for (const Case& c : cases) {
+    const DecodeWeights w = make_weights(c.s);
+    for (const int64_t n : c.ns) {
+      SCOPED_TRACE(std::string(c.s.name) + " n " + std::to_string(n) + " seed " + std::to_string(seed_));
+      HostTensor x = host_random(DType::kBF16, {n, c.s.hidden}, rng_);
+      HostTensor ids = make_ids(c.s, w, n, c.routing);
+      HostTensor wts = make_weights_of(c.s, n);
+      HostTensor ref = host_tensor(c.out, {n, c.s.hidden});
+      MOEX_ASSERT_OK(cpu_->fused_moe(params(x.t, ids.t, wts.t, w, false, ref.t)));
+      DeviceTensor dx = to_device(*gpu_, x), dids = to_device(*gpu_, ids), dwts = to_device(*gpu_, wts);
+      const ops::FusedMoeParams p = params(dx.t, dids.t, dwts.t, w, true, Tensor{});
+      const HostTensor one = run_plan(*gpu_, "16", p, c.out, n, c.s.hidden);
+      const HostTensor three = run_plan(*gpu_, "0", p, c.out, n, c.s.hidden);
+      EXPECT_LT(rel_l2(one, ref), kTolBf16);
+      for (int64_t r = 0; r < n; ++r) ASSERT_TRUE(rows_bit_equal(one, r, three, r)) << "token " << r;
+    }
+  }
+}
+
+// Back-to-back single launches without a host sync between them, alternating routings with
+// different active expert counts (8+, 1 and 0 local experts): the counters each launch leaves
+// behind must be zero for the next one, and every call gives the same bits as the first of its kind.
+TEST_F(FusedMoeDecodeTest, SingleLaunchBackToBackCalls) {
+  const DecodeShape s{"qwen3-30b-a3b (32 local)", 128, 8, 2048, 768, 32, 0};
+  const DecodeWeights w = make_weights(s);
+  const Routing kinds[3] = {Routing::kRandom, Routing::kOneExpert, Routing::kNoneLocal};
+  const int64_t ns[3] = {5, 1, 2};
+  std::vector<HostTensor> xs, idss, wtss, refs;
+  std::vector<DeviceTensor> dev;  // x, ids, weights per kind
+  for (int k = 0; k < 3; ++k) {
+    xs.push_back(host_random(DType::kBF16, {ns[k], s.hidden}, rng_));
+    idss.push_back(make_ids(s, w, ns[k], kinds[k]));
+    wtss.push_back(make_weights_of(s, ns[k]));
+    refs.push_back(host_tensor(DType::kBF16, {ns[k], s.hidden}));
+    MOEX_ASSERT_OK(cpu_->fused_moe(params(xs[size_t(k)].t, idss[size_t(k)].t, wtss[size_t(k)].t, w, false, refs[size_t(k)].t)));
+    dev.push_back(to_device(*gpu_, xs[size_t(k)]));
+    dev.push_back(to_device(*gpu_, idss[size_t(k)]));
+    dev.push_back(to_device(*gpu_, wtss[size_t(k)]));
+  }
+  constexpr int kRounds = 12;
+  std::vector<DeviceTensor> outs;
+  setenv("MOEX_MOE_DECODE_FUSED", "16", 1);
+  for (int i = 0; i < 3 * kRounds; ++i) {
+    const int k = i % 3;
+    outs.push_back(device_poisoned(*gpu_, DType::kBF16, {ns[k], s.hidden}));
+    const Status st = gpu_->fused_moe(params(dev[size_t(3 * k)].t, dev[size_t(3 * k + 1)].t, dev[size_t(3 * k + 2)].t, w,
+                                             true, outs.back().t));
+    if (!st.is_ok()) unsetenv("MOEX_MOE_DECODE_FUSED");
+    MOEX_ASSERT_OK(st);
+  }
+  unsetenv("MOEX_MOE_DECODE_FUSED");
+  std::vector<HostTensor> first;
+  for (int i = 0; i < 3 * kRounds; ++i) {
+    const int k = i % 3;
+    SCOPED_TRACE("call " + std::to_string(i) + " seed " + std::to_string(seed_));
+    HostTensor got = to_host(*gpu_, outs[size_t(i)]);
+    if (i < 3) {
+      EXPECT_LT(rel_l2(got, refs[size_t(k)]), kTolBf16);
+      first.push_back(std::move(got));
+      continue;
+    }
+    for (int64_t r = 0; r < ns[k]; ++r) ASSERT_TRUE(rows_bit_equal(got, r, first[size_t(k)], r)) << "token " << r;
+  }
+}
+
+// Repeated calls give the same bits (no atomic arithmetic, no order that depends on scheduling).
 TEST_F(FusedMoeDecodeTest, RepeatedCallsAreBitIdentical) {
   const DecodeShape s{"qwen3-30b-a3b (32 local)", 128, 8, 2048, 768, 32, 0};
   const DecodeWeights w = make_weights(s);

@@ -21,7 +21,8 @@ int moe_decode_max_tokens();
 // counts that are multiples of 64, 16-byte aligned rows, at most 512 local experts.
 bool moe_decode_applies(const ops::FusedMoeParams& p);
 
-// Three stream-ordered launches (gate/up, down, combine), no align step, no host sync.
+// One launch for few tokens (moe_decode_fused.h), else three stream-ordered launches (gate/up,
+// down, combine); no align step, no host sync either way.
 cudaError_t launch_moe_decode(const ops::FusedMoeParams& p, Scratch& scratch, cudaStream_t stream);
 
 }  // namespace moex::kernels
