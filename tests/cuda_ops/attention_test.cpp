@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "cuda_ops/cuda_ops_util.h"
+#include "kernels/attention/attention.h"
 
 namespace moex::test {
 namespace {
@@ -186,6 +187,24 @@ TEST_F(AttentionTest, GqaOddSizesAndPageSize) {
   check_gqa("6/3 d80 dv48 page 7", {{1, 1}, {33, 5}, {100, 100}, {15, 2}}, 6, 3, 80, 48, 7, 0, DType::kBF16);
   check_gqa("f32 4/1 d64", {{77, 77}, {300, 1}}, 4, 1, 64, 64, 64, 0, DType::kF32);
   check_gqa("20/2 d256 (group of 10)", {{600, 1}, {45, 45}}, 20, 2, 256, 256, 32, 0, DType::kBF16);
+}
+
+// Shapes that take the tensor-core split kernel (gqa/gqa_split_tc.cu) unless MOEX_GQA_TC=0: group
+// sizes 1 to 16, head dims 64 and 128, rows over 4096 keys (256-key splits: several 64-key tiles
+// through both smem stages), odd page sizes, a sliding window, and splits whose last tile leaves
+// whole warps without keys. The test above (Qwen3 shapes, page 64) and the Mixtral window test take
+// it too.
+TEST_F(AttentionTest, GqaTensorCoreShapes) {
+  ops::GqaAttentionParams probe;
+  HostTensor q = host_tensor(DType::kBF16, {1, 64, 128});
+  HostTensor kv = host_tensor(DType::kBF16, {2, 16, 4, 128});
+  probe.q = q.t; probe.k_cache = kv.t; probe.v_cache = kv.t;
+  EXPECT_TRUE(kernels::gqa_split_tc_supported(probe)) << "Qwen3-235B-A22B shapes must take the tensor-core kernel";
+  check_gqa("qwen3-235b 64/4 d128 long rows, page 16", {{5000, 1}, {4097, 2}, {300, 300}, {4160, 1}}, 64, 4, 128, 128, 16, 0,
+            DType::kBF16);
+  check_gqa("MHA 8/8 d128 page 7", {{129, 1}, {64, 64}, {1, 1}, {17, 3}}, 8, 8, 128, 128, 7, 0, DType::kBF16);
+  check_gqa("d64 12/3 window 37", {{1000, 1}, {200, 17}, {6000, 1}}, 12, 3, 64, 64, 32, 37, DType::kBF16);
+  check_gqa("d64 32/2 (group 16) window 3000 page 64", {{9000, 1}, {70, 70}}, 32, 2, 64, 64, 64, 3000, DType::kBF16);
 }
 
 TEST_F(AttentionTest, MlaDecodeAndPrefill) {

@@ -233,9 +233,14 @@ __global__ void attn_combine_kernel(AttnArgs a) {
   if (a.lse && threadIdx.x == 0) a.lse[int64_t(t) * a.s_lse + h] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-// Runs the split kernel and the combine over all rows, in row chunks bounded by the scratch cap.
+// A replacement of attn_split_kernel's launch (same rows, splits and partials; grid
+// (tokens x kv_heads, num_splits)): the GQA tensor-core kernel (gqa/gqa_split_tc.h).
+using SplitLauncher = cudaError_t (*)(const AttnArgs& a, cudaStream_t stream);
+
+// Runs the split kernel (or `split_launcher`) and the combine over all rows, in row chunks bounded
+// by the scratch cap.
 template <class TQ, class TKV, int kDVJ, class TO>
-cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stream) {
+cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stream, SplitLauncher split_launcher = nullptr) {
   constexpr size_t kMaxScratch = size_t(256) << 20;
   const size_t per_token = size_t(a.heads_q) * a.num_splits * (a.dv + 2) * sizeof(float);
   const int chunk = int(per_token * n <= kMaxScratch ? n : (kMaxScratch / per_token > 0 ? kMaxScratch / per_token : 1));
@@ -263,7 +268,12 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
       a.rows_per_block /= 2;
     const dim3 grid(unsigned(a.tokens * a.kv_heads), unsigned(a.num_splits),
                     unsigned((a.group + a.rows_per_block - 1) / a.rows_per_block));
-    attn_split_kernel<TQ, TKV, kDVJ><<<grid, kThreads, smem, stream>>>(a);
+    if (split_launcher != nullptr) {
+      err = split_launcher(a, stream);
+      if (err != cudaSuccess) return err;
+    } else {
+      attn_split_kernel<TQ, TKV, kDVJ><<<grid, kThreads, smem, stream>>>(a);
+    }
     attn_combine_kernel<TO><<<unsigned(a.tokens * a.heads_q), 128, 0, stream>>>(a);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

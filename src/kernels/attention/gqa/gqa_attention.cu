@@ -1,5 +1,5 @@
 // GQA over the paged K/V caches (Qwen3-MoE, Mixtral): prefill, decode and sliding window.
-#include "kernels/attention/common/paged_attention.cuh"
+#include "kernels/attention/gqa/gqa_split_tc.h"
 
 namespace moex::kernels {
 
@@ -29,13 +29,18 @@ cudaError_t launch_gqa_attention(const ops::GqaAttentionParams& p, Scratch& scra
 
   cudaError_t err = cudaErrorInvalidValue;
   const bool dv_small = a.dv <= attention::kThreads;
+  const attention::SplitLauncher tc = variant.gqa_tensor_cores ? attention::gqa_split_tc_launcher(p) : nullptr;
+  if (tc != nullptr) {  // the tensor-core kernel streams 64-key tiles: longer splits for short rows
+    a.short_split_keys = variant.gqa_tc_short_split_keys;
+    a.num_splits = attn_num_splits(max_keys, a.short_split_keys);
+  }
   auto run = [&](auto tq, auto tkv) {
     using TQ = decltype(tq);
     using TKV = decltype(tkv);
     dispatch_act(p.out.dtype, [&](auto to) {
       using TO = decltype(to);
-      err = dv_small ? attention::run_attention<TQ, TKV, 1, TO>(a, n, scratch, stream)
-                     : attention::run_attention<TQ, TKV, 2, TO>(a, n, scratch, stream);
+      err = dv_small ? attention::run_attention<TQ, TKV, 1, TO>(a, n, scratch, stream, tc)
+                     : attention::run_attention<TQ, TKV, 2, TO>(a, n, scratch, stream, tc);
     });
   };
   dispatch_act(p.q.dtype, [&](auto tq) { dispatch_act(p.k_cache.dtype, [&](auto tkv) { run(tq, tkv); }); });
