@@ -1,6 +1,7 @@
 // CUDA vs CPU: dense and batched matmul (bf16 tensor-core path, f32 fallback, f32 router
 // logits, strided views, accumulate), and batch-invariance of a row's bits across every tile
-// configuration (WMMA tiles and the pipelined tiles forced through MOEX_GEMM_TILE).
+// configuration (WMMA tiles and the pipelined tiles forced through MOEX_GEMM_TILE, the decode
+// kernels through MOEX_GEMM_DECODE / MOEX_GEMM_DECODE_BN) and of the router kernel's bits.
 #include <cstdlib>
 
 #include "cuda_ops/cuda_ops_util.h"
@@ -23,6 +24,21 @@ class ScopedGemmTile {
   ScopedGemmTile& operator=(const ScopedGemmTile&) = delete;
 };
 constexpr const char* kPipeTiles[] = {"wide", "square", "short"};
+
+// Sets one environment knob for the scope (nullptr unsets it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (value != nullptr) setenv(name, value, 1);
+    else unsetenv(name);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
 
 class MatmulTest : public CudaOpsTest {
  protected:
@@ -86,30 +102,94 @@ TEST_F(MatmulTest, DecodeKernelOddSizes) {
   check(0, 7, 520, 4160, DType::kBF16, DType::kBF16, DType::kF32, -0.5f, true);   // accumulate, alpha
   check(3, 5, 130, 128, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);    // batched
   check(0, 2, 151, 2048, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);    // logits-like, f32 out
+  check(0, 5, 8460, 256, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);    // lm_head-like: 4-warp blocks, a partial last block
+  check(0, 33, 1000, 4160, DType::kBF16, DType::kBF16, DType::kBF16, 0.5f, true);  // 17..64 rows, short last slice
+  check(0, 64, 600, 2048, DType::kBF16, DType::kBF16, DType::kF32, 1.f, false);    // 64 rows, f32 out (n > 256)
+  check(2, 20, 72, 192, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);     // batched, 17..64 rows
+  check(0, 130, 520, 1152, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, true);   // 3 m tiles, the last of 2 rows
+  ScopedEnv wg("MOEX_GEMM_DECODE", "wg");     // the wgmma kernel also for m <= 16
+  for (const char* bn : {"8", "16", "32"}) {  // each of its block widths
+    SCOPED_TRACE(std::string("MOEX_GEMM_DECODE=wg, MOEX_GEMM_DECODE_BN ") + bn);
+    ScopedEnv scoped("MOEX_GEMM_DECODE_BN", bn);
+    check(0, 3, 1030, 1088, DType::kBF16, DType::kBF16, DType::kBF16, 1.f, false);
+    check(0, 50, 270, 576, DType::kBF16, DType::kBF16, DType::kF32, 1.f, true);
+    check(2, 200, 100, 704, DType::kBF16, DType::kBF16, DType::kBF16, -1.f, false);  // batched m tiles
+  }
 }
 
-// The decode kernel and the 16-row WMMA tile it replaced (forced with MOEX_GEMM_TILE=wmma) give
-// the same bits for every row count up to 16, and both equal the rows of a many-row launch.
+// The decode kernels (auto: mma.sync up to 16 rows, its warp or block ring also forced with
+// MOEX_GEMM_DECODE_RING; wgmma streaming for 17..256 on sm_90a; MOEX_GEMM_DECODE=mma keeps the
+// 64-row pipelined tile / wgmma tiles above 16 rows, =wg takes the streaming kernel at every row
+// count, at each block width) and the WMMA tiles (MOEX_GEMM_TILE=wmma) give the same bits for
+// every row count up to 160, and all equal the rows of a many-row launch.
 TEST_F(MatmulTest, DecodeKernelBitsEqualTheOtherTiles) {
   const int64_t n = 600, k = 1536, rows = 200;
   HostTensor x = host_random(DType::kBF16, {rows, k}, rng_);
   HostTensor w = host_random(DType::kBF16, {n, k}, rng_, -0.1f, 0.1f);
   DeviceTensor dx = to_device(*gpu_, x), dw = to_device(*gpu_, w);
+  struct Variant {
+    const char* tile;    // MOEX_GEMM_TILE
+    const char* decode;  // MOEX_GEMM_DECODE
+    const char* bn;      // MOEX_GEMM_DECODE_BN
+    const char* ring;    // MOEX_GEMM_DECODE_RING
+  };
+  const Variant variants[] = {{nullptr, nullptr, nullptr, nullptr}, {nullptr, nullptr, nullptr, "block"},
+                              {nullptr, nullptr, nullptr, "warp"},  {nullptr, "mma", nullptr, nullptr},
+                              {nullptr, "wg", nullptr, nullptr},    {nullptr, "wg", "8", nullptr},
+                              {nullptr, "wg", "16", nullptr},       {nullptr, "wg", "32", nullptr},
+                              {"wmma", nullptr, nullptr, nullptr}};
   for (const DType ot : {DType::kF32, DType::kBF16}) {
     DeviceTensor full = device_poisoned(*gpu_, ot, {rows, n});
     MOEX_ASSERT_OK(gpu_->matmul({dx.t, dw.t, full.t, 1.f, false}));
     HostTensor all = to_host(*gpu_, full);
-    for (const int64_t m : {1, 2, 3, 8, 13, 16}) {
+    for (const int64_t m : {1, 2, 3, 8, 13, 16, 17, 40, 64, 100, 160}) {
       const int64_t r0 = rng_.uniform_int(0, int(rows - m));
-      for (const char* tile : {static_cast<const char*>(nullptr), "wmma"}) {
-        ScopedGemmTile scoped(tile);
+      for (const Variant& v : variants) {
+        ScopedGemmTile tile(v.tile);
+        ScopedEnv decode("MOEX_GEMM_DECODE", v.decode);
+        ScopedEnv bn("MOEX_GEMM_DECODE_BN", v.bn);
+        ScopedEnv ring("MOEX_GEMM_DECODE_RING", v.ring);
         DeviceTensor part = device_poisoned(*gpu_, ot, {m, n});
         MOEX_ASSERT_OK(gpu_->matmul({dx.t.slice(0, r0, r0 + m), dw.t, part.t, 1.f, false}));
         HostTensor got = to_host(*gpu_, part);
         for (int64_t r = 0; r < m; ++r)
           ASSERT_TRUE(rows_bit_equal(got, r, all, r0 + r))
-              << "row " << r0 + r << " of " << m << (tile ? " (wmma tile)" : " (decode kernel)");
+              << "row " << r0 + r << " of " << m << " tile " << (v.tile ? v.tile : "auto") << " decode "
+              << (v.decode ? v.decode : "auto") << " bn " << (v.bn ? v.bn : "auto") << " ring "
+              << (v.ring ? v.ring : "auto");
       }
+    }
+  }
+}
+
+// Router logits (f32 out, n <= 256) take the router kernel for every row count, with its own K
+// order (chunks of 256 summed in order, router_gemm.cu): a row's bits are the same alone, in
+// any batch and whichever tile shape (16, 32 or 64 rows per block) computes it; the values
+// agree with the CPU. Shapes: Qwen3 (128 x 2048), DeepSeek-V3 (256 x 7168: 28 chunks),
+// Mixtral (8 x 4096), and K with a short last chunk.
+TEST_F(MatmulTest, RouterBitsDoNotDependOnBatch) {
+  struct Shape {
+    int64_t n, k;
+  };
+  for (const Shape sh : {Shape{128, 2048}, Shape{256, 7168}, Shape{8, 4096}, Shape{61, 2080}}) {
+    const int64_t rows = 150;
+    SCOPED_TRACE("n " + std::to_string(sh.n) + " k " + std::to_string(sh.k) + " seed " + std::to_string(seed_));
+    HostTensor x = host_random(DType::kBF16, {rows, sh.k}, rng_);
+    HostTensor w = host_random(DType::kBF16, {sh.n, sh.k}, rng_, -0.1f, 0.1f);
+    HostTensor ref = host_tensor(DType::kF32, {rows, sh.n});
+    MOEX_ASSERT_OK(cpu_->matmul({x.t, w.t, ref.t, 1.f, false}));
+    DeviceTensor dx = to_device(*gpu_, x), dw = to_device(*gpu_, w);
+    DeviceTensor full = device_poisoned(*gpu_, DType::kF32, {rows, sh.n});
+    MOEX_ASSERT_OK(gpu_->matmul({dx.t, dw.t, full.t, 1.f, false}));
+    HostTensor all = to_host(*gpu_, full);
+    EXPECT_LT(rel_l2(all, ref), kTolBf16);
+    for (const int64_t batch : {1, 5, 16, 17, 33, 64, 100}) {
+      const int64_t r0 = rng_.uniform_int(0, int(rows - batch));
+      DeviceTensor part = device_poisoned(*gpu_, DType::kF32, {batch, sh.n});
+      MOEX_ASSERT_OK(gpu_->matmul({dx.t.slice(0, r0, r0 + batch), dw.t, part.t, 1.f, false}));
+      HostTensor got = to_host(*gpu_, part);
+      for (int64_t r = 0; r < batch; ++r)
+        ASSERT_TRUE(rows_bit_equal(got, r, all, r0 + r)) << "row " << r0 + r << " in a batch of " << batch;
     }
   }
 }

@@ -10,6 +10,7 @@
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/mma_pipeline.cuh"
 #include "kernels/gemm/mma_tile.cuh"
+#include "kernels/gemm/router_gemm.h"
 #include "kernels/gemm/skinny_gemm.h"
 #include "kernels/gemm/wgmma_pipeline.cuh"
 
@@ -178,11 +179,30 @@ template <class TOut>
 cudaError_t launch_bf16(const DenseArgs& a, int batch, bool vec, cudaStream_t stream) {
   // The tile shape only changes how much work is wasted on padding rows, never the bits.
   gemm::PipeTile t = gemm::pipe_tile_override();
-  if (a.m <= 16) {
-    // Decode: the streaming kernel (skinny_gemm.cu, same bits); MOEX_GEMM_TILE=wmma keeps the
-    // WMMA tile for comparison.
-    const gemm::SkinnyArgs sa{a.x, a.sxb, a.sxm, a.w, a.swb, a.swn, a.out, a.sob, a.som, a.son,
+  if constexpr (std::is_same_v<TOut, float>) {
+    // Router logits (f32 out, n <= 256): the router kernel for every m, with its own K order
+    // (router_gemm.cu); chosen from the shape only, so a row's bits do not depend on the batch.
+    const gemm::RouterArgs ra{a.x, a.sxb, a.sxm, a.w, a.swb, a.swn, static_cast<float*>(a.out), a.sob, a.som, a.son,
                               a.m, a.n, a.k, a.alpha, a.accumulate};
+    if (gemm::router_gemm_applies(ra)) return gemm::launch_router_gemm(ra, batch, stream);
+  }
+  const gemm::SkinnyArgs sa{a.x, a.sxb, a.sxm, a.w, a.swb, a.swn, a.out, a.sob, a.som, a.son,
+                            a.m, a.n, a.k, a.alpha, a.accumulate};
+  // Small batches on sm_90a: the wgmma streaming kernel (skinny_wgmma.cu) for 17..64 rows, and
+  // up to 256 while its grid fits in one wave of two blocks per SM (it re-reads the weights per
+  // 64-row tile, mostly from L2; the 128-row tiles give narrow GEMMs too few blocks; qkv x 128
+  // at 320 blocks measured slower than WgSquare). Not when a tile is forced or
+  // MOEX_GEMM_DECODE=mma; m <= 16 takes it only with MOEX_GEMM_DECODE=wg.
+  const gemm::DecodeChoice dc = gemm::decode_choice();
+  bool wg_rows = false;
+  if (a.m <= 16) wg_rows = t != gemm::PipeTile::kWmma && dc == gemm::DecodeChoice::kWg;
+  else if (t == gemm::PipeTile::kAuto && dc != gemm::DecodeChoice::kMma && a.m <= gemm::kSkinnyWgmmaMaxRows)
+    wg_rows = a.m <= 64 || dc == gemm::DecodeChoice::kWg || gemm::skinny_wgmma_blocks(sa, batch) <= 2 * int64_t(sm_count());
+  if (wg_rows && gemm::wgmma_enabled() && gemm::skinny_wgmma_applies(sa))
+    return gemm::launch_skinny_wgmma(sa, batch, std::is_same_v<TOut, float>, stream);
+  if (a.m <= 16) {
+    // Decode: the mma.sync streaming kernel (skinny_gemm.cu, same bits);
+    // MOEX_GEMM_TILE=wmma keeps the WMMA tile for comparison.
     if (t != gemm::PipeTile::kWmma && gemm::skinny_gemm_applies(sa))
       return gemm::launch_skinny_gemm(sa, batch, std::is_same_v<TOut, float>, stream);
     launch_mma<gemm::TileSmall, TOut>(a, batch, vec, stream);
@@ -214,6 +234,13 @@ cudaError_t launch_bf16(const DenseArgs& a, int batch, bool vec, cudaStream_t st
 }  // namespace
 
 namespace gemm {
+DecodeChoice decode_choice() {
+  const char* v = std::getenv("MOEX_GEMM_DECODE");
+  if (v == nullptr) return DecodeChoice::kAuto;
+  if (std::strcmp(v, "mma") == 0) return DecodeChoice::kMma;
+  if (std::strcmp(v, "wg") == 0) return DecodeChoice::kWg;
+  return DecodeChoice::kAuto;
+}
 // Read at every launch (a sub-microsecond scan) so that tests can switch tiles in one process.
 PipeTile pipe_tile_override() {
   const char* v = std::getenv("MOEX_GEMM_TILE");
