@@ -74,23 +74,38 @@ __global__ void __launch_bounds__(kTcThreads) gqa_split_tc_kernel(AttnArgs a) {
   }
 
   const int32_t* pages = a.block_table + int64_t(rr.seq) * a.s_bt;
-  const bf16* kbase = static_cast<const bf16*>(a.k) + int64_t(g) * a.s_kh;
-  const bf16* vbase = static_cast<const bf16*>(a.v) + int64_t(g) * a.s_vh;
+  const bf16* kbase = static_cast<const bf16*>(a.k) + int64_t(g) * a.s_kh + (threadIdx.x % S::kChunks) * 8;
+  const bf16* vbase = static_cast<const bf16*>(a.v) + int64_t(g) * a.s_vh + (threadIdx.x % S::kChunks) * 8;
+  // A thread copies chunk c of keys j0, j0 + P, j0 + 2P, ... of each tile (P = kKeysPerPass). Its
+  // first key's page and slot take one division; the next keys step the slot by P and cross into
+  // the next page by a compare (pages of at least P slots; smaller pages divide per key), and a
+  // page id is read only when the page changes: per-key integer division and table reads made
+  // this loop, not the bytes, the cost of a tile.
+  const int c = threadIdx.x % S::kChunks, j0 = threadIdx.x / S::kChunks;
+  const bool page_steps = a.page_size >= S::kKeysPerPass;
   auto load_tile = [&](int k0, int stage) {
-    bf16* ks = tiles + stage * S::kStageElems;  // [64 keys, kRowElems]
+    bf16* ks = tiles + stage * S::kStageElems + c * 8;  // [64 keys, kRowElems]
     bf16* vs = ks + kTcTileKeys * S::kRowElems;
-    const int c = threadIdx.x % S::kChunks;
+    int key = k0 + j0;
+    int page_idx = key / a.page_size, slot = key - page_idx * a.page_size;
+    int64_t page = key < kend ? pages[page_idx] : 0;
 #pragma unroll
-    for (int j = threadIdx.x / S::kChunks; j < kTcTileKeys; j += S::kKeysPerPass) {
-      const int key = k0 + j;
+    for (int j = j0; j < kTcTileKeys; j += S::kKeysPerPass, key += S::kKeysPerPass) {
       const bool valid = key < kend;
-      int64_t page = 0, slot = 0;
-      if (valid) {
-        page = pages[key / a.page_size];
-        slot = key % a.page_size;
+      ptx::cp_async_16(ks + j * S::kRowElems, kbase + page * a.s_kp + int64_t(slot) * a.s_ks, valid);
+      ptx::cp_async_16(vs + j * S::kRowElems, vbase + page * a.s_vp + int64_t(slot) * a.s_vs, valid);
+      if (page_steps) {
+        slot += S::kKeysPerPass;
+        if (slot >= a.page_size) {
+          slot -= a.page_size;
+          ++page_idx;
+          if (key + S::kKeysPerPass < kend) page = pages[page_idx];
+        }
+      } else {
+        page_idx = (key + S::kKeysPerPass) / a.page_size;
+        slot = key + S::kKeysPerPass - page_idx * a.page_size;
+        if (key + S::kKeysPerPass < kend) page = pages[page_idx];
       }
-      ptx::cp_async_16(ks + j * S::kRowElems + c * 8, kbase + page * a.s_kp + slot * a.s_ks + c * 8, valid);
-      ptx::cp_async_16(vs + j * S::kRowElems + c * 8, vbase + page * a.s_vp + slot * a.s_vs + c * 8, valid);
     }
     ptx::cp_async_commit();
   };
