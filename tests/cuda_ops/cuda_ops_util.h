@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,5 +81,21 @@ inline ops::PagedSeqs seqs_of(const Tensor& bt, const Tensor& lens, const Tensor
   p.page_size = page_size;
   return p;
 }
+
+// Sets one environment knob (a kernel variant read at each call) for the scope; nullptr unsets
+// it. The destructor unsets it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (value != nullptr) setenv(name, value, 1);
+    else unsetenv(name);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
 
 }  // namespace moex::test

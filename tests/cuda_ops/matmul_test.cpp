@@ -25,21 +25,6 @@ class ScopedGemmTile {
 };
 constexpr const char* kPipeTiles[] = {"wide", "square", "short"};
 
-// Sets one environment knob for the scope (nullptr unsets it).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (value != nullptr) setenv(name, value, 1);
-    else unsetenv(name);
-  }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-};
-
 class MatmulTest : public CudaOpsTest {
  protected:
   // Runs out = alpha * x @ w^T (+ out) on both backends; x and out are [b, m, *] or [m, *].

@@ -14,20 +14,6 @@ namespace {
 
 constexpr double kTolBf16 = 5e-3;
 
-// Sets (or, for nullptr, unsets) one environment variable for the scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (value != nullptr) setenv(name, value, 1);
-    else unsetenv(name);
-  }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-};
 constexpr const char* kWgTiles[] = {"wgmma", "wgsq"};
 
 // Counts elements whose bits differ between two f32 [rows, n] tensors; `max_abs` gets the
