@@ -10,6 +10,7 @@
 #include "core/tensor.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
+#include "ops/fused.h"
 #include "ops/fused_moe.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
@@ -77,6 +78,10 @@ class Backend {
   virtual Status prefill_attention(const ops::PrefillAttentionParams& p) = 0;
   virtual Status sample(const ops::SampleParams& p) = 0;
   virtual Status random_uniform(const ops::RandomUniformParams& p) = 0;
+  // Fused small ops (ops/fused.h): the values of their defining op sequence on this backend.
+  virtual Status add_rms_norm(const ops::AddRmsNormParams& p) = 0;
+  virtual Status qkv_rope_cache(const ops::QkvRopeCacheParams& p) = 0;
+  virtual Status mla_rope_cache(const ops::MlaRopeCacheParams& p) = 0;
 };
 
 // The CPU reference backend (always available). activation_dtype kBF16 keeps hidden states in

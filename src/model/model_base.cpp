@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -498,11 +499,29 @@ Expected<Tensor> ModelBase::mlp_block(const MlpWeights& w, const Tensor& x, Work
   return down;
 }
 
-Status ModelBase::ffn_residual(const Tensor& post_attn_norm, bool is_moe, const MoeWeights& moe,
-                               const MlpWeights& mlp, const Tensor& hidden, const Tensor& x_norm, Workspace& ws,
-                               int64_t layer) {
+bool fused_small_ops_from_env() {
+  const char* v = std::getenv("MOEX_FUSED_SMALL_OPS");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+Status ModelBase::norm_residual(const Tensor& hidden, const Tensor& branch, const Tensor& weight, const Tensor& x_norm) {
   const float eps = float(config_.rms_norm_eps);
-  MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = post_attn_norm, .out = x_norm, .eps = eps}));
+  if (branch.empty()) return backend_.rms_norm({.x = hidden, .weight = weight, .out = x_norm, .eps = eps});
+  if (fuse_small_ops_)
+    return backend_.add_rms_norm({.residual = hidden, .branch = branch, .weight = weight, .out = x_norm, .eps = eps});
+  MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = branch, .out = hidden}));
+  return backend_.rms_norm({.x = hidden, .weight = weight, .out = x_norm, .eps = eps});
+}
+
+Status ModelBase::add_residual(const Tensor& hidden, const Tensor& branch) {
+  if (branch.empty()) return Status::ok();
+  return backend_.add({.a = hidden, .b = branch, .out = hidden});
+}
+
+Expected<Tensor> ModelBase::ffn_branch(const Tensor& post_attn_norm, bool is_moe, const MoeWeights& moe,
+                                       const MlpWeights& mlp, const Tensor& hidden, const Tensor& attn_out,
+                                       const Tensor& x_norm, Workspace& ws, int64_t layer) {
+  MOEX_RETURN_IF_ERROR(norm_residual(hidden, attn_out, post_attn_norm, x_norm));
   MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, layer));  // profile
   Tensor ffn_out;  // [n, hidden]
   if (is_moe) {
@@ -510,8 +529,8 @@ Status ModelBase::ffn_residual(const Tensor& post_attn_norm, bool is_moe, const 
   } else {
     MOEX_ASSIGN_OR_RETURN(ffn_out, mlp_block(mlp, x_norm, ws));
   }
-  MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = ffn_out, .out = hidden}));
-  return lap(is_moe ? ProfileRegion::kMoe : ProfileRegion::kOther, layer);  // profile
+  MOEX_RETURN_IF_ERROR(lap(is_moe ? ProfileRegion::kMoe : ProfileRegion::kOther, layer));  // profile
+  return ffn_out;
 }
 
 Expected<Tensor> ModelBase::moe_block(const MoeWeights& w, const Tensor& x, Workspace& ws) {

@@ -96,6 +96,9 @@ struct MoeWeights {
   MlpWeights shared;  // empty w13 when the family has none
 };
 
+// False when the environment sets MOEX_FUSED_SMALL_OPS=0 (see ModelBase::fuse_small_ops_).
+bool fused_small_ops_from_env();
+
 // Parts of Model every family shares. A family implements load_layers, the KV cache layout and
 // run_layers (the per-layer forward pass).
 class ModelBase : public Model {
@@ -123,10 +126,18 @@ class ModelBase : public Model {
   Expected<Tensor> mlp_block(const MlpWeights& w, const Tensor& x, Workspace& ws);
   // Router (f32 logits) -> route -> fused_moe, plus the shared experts when present.
   Expected<Tensor> moe_block(const MoeWeights& w, const Tensor& x, Workspace& ws);
-  // The feed-forward half of a layer: hidden += ffn(rms_norm(hidden, post_attn_norm)), where ffn
-  // is moe_block (is_moe) or mlp_block; x_norm [n, hidden] is scratch. Profiled per layer.
-  Status ffn_residual(const Tensor& post_attn_norm, bool is_moe, const MoeWeights& moe, const MlpWeights& mlp,
-                      const Tensor& hidden, const Tensor& x_norm, Workspace& ws, int64_t layer);
+  // The feed-forward half of a layer: hidden += attn_out; x_norm = rms_norm(hidden, post_attn_norm);
+  // returns ffn(x_norm) [n, hidden], ffn being moe_block (is_moe) or mlp_block. The caller adds it
+  // to hidden later, fused with the next norm: norm_residual() at the next layer's input norm,
+  // add_residual() after the last layer. x_norm [n, hidden] is scratch. Profiled per layer.
+  Expected<Tensor> ffn_branch(const Tensor& post_attn_norm, bool is_moe, const MoeWeights& moe, const MlpWeights& mlp,
+                              const Tensor& hidden, const Tensor& attn_out, const Tensor& x_norm, Workspace& ws,
+                              int64_t layer);
+  // hidden += branch (skipped when branch is empty), then x_norm = rms_norm(hidden, weight): one
+  // add_rms_norm launch when small ops are fused, else add then rms_norm (the same values).
+  Status norm_residual(const Tensor& hidden, const Tensor& branch, const Tensor& weight, const Tensor& x_norm);
+  // hidden += branch (skipped when branch is empty): the add left pending after the last layer.
+  Status add_residual(const Tensor& hidden, const Tensor& branch);
   Expected<MlpWeights> load_mlp(WeightLoader& loader, const std::string& prefix, int64_t inter);
   // Routed experts `<prefix>.experts.E.{gate,up,down}<suffix>`, packed into w13 / w2.
   Expected<MoeWeights> load_moe(WeightLoader& loader, const std::string& prefix, const std::string& gate_name,
@@ -151,6 +162,9 @@ class ModelBase : public Model {
 
   Backend& backend_;
   ModelConfig config_;
+  // Small ops run as the fused ops of ops/fused.h (fewer launches, the same values on every
+  // backend); MOEX_FUSED_SMALL_OPS=0 in the environment at construction selects the separate ops.
+  bool fuse_small_ops_ = fused_small_ops_from_env();
   std::vector<Buffer> weight_buffers_;
   std::vector<Buffer> cache_buffers_;
   ParamCounts counts_;

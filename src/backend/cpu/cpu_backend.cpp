@@ -89,6 +89,15 @@ class CpuBackend final : public Backend {
     return guarded("prefill_attention", [&] { return cpu::prefill_attention(ctx_, p); });
   }
   Status sample(const ops::SampleParams& p) override { return guarded("sample", [&] { return cpu::sample(ctx_, p); }); }
+  Status add_rms_norm(const ops::AddRmsNormParams& p) override {
+    return guarded("add_rms_norm", [&] { return cpu::add_rms_norm(ctx_, p); });
+  }
+  Status qkv_rope_cache(const ops::QkvRopeCacheParams& p) override {
+    return guarded("qkv_rope_cache", [&] { return cpu::qkv_rope_cache(ctx_, p); });
+  }
+  Status mla_rope_cache(const ops::MlaRopeCacheParams& p) override {
+    return guarded("mla_rope_cache", [&] { return cpu::mla_rope_cache(ctx_, p); });
+  }
 
  private:
   static Status copy_bytes(void* dst, const void* src, size_t bytes) {

@@ -5,6 +5,7 @@
 #include "backend/cpu/cpu_common.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
+#include "ops/fused.h"
 #include "ops/fused_moe.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
@@ -33,5 +34,8 @@ Status nsa_forward(const Ctx& ctx, const ops::NsaForwardParams& p);  // nsa.cpp
 Status nsa_decode(const Ctx& ctx, const ops::NsaDecodeParams& p);    // nsa.cpp
 Status prefill_attention(const Ctx& ctx, const ops::PrefillAttentionParams& p);  // prefill_attention.cpp
 Status sample(const Ctx& ctx, const ops::SampleParams& p);           // sampling.cpp
+Status add_rms_norm(const Ctx& ctx, const ops::AddRmsNormParams& p);      // fused.cpp
+Status qkv_rope_cache(const Ctx& ctx, const ops::QkvRopeCacheParams& p);  // fused.cpp
+Status mla_rope_cache(const Ctx& ctx, const ops::MlaRopeCacheParams& p);  // fused.cpp
 
 }  // namespace moex::cpu

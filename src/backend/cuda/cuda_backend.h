@@ -45,6 +45,9 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   Status prefill_attention(const ops::PrefillAttentionParams& p) override;
   Status random_uniform(const ops::RandomUniformParams& p) override;  // cuda_prefill_attention.cpp
   Status sample(const ops::SampleParams& p) override;           // cuda_sampling.cpp
+  Status add_rms_norm(const ops::AddRmsNormParams& p) override;      // cuda_fused_ops.cpp
+  Status qkv_rope_cache(const ops::QkvRopeCacheParams& p) override;  // cuda_fused_ops.cpp
+  Status mla_rope_cache(const ops::MlaRopeCacheParams& p) override;  // cuda_fused_ops.cpp
 
  private:
   CudaBackend(int device, cudaStream_t stream, std::string name)

@@ -1,8 +1,8 @@
 // RMSNorm: one block per row; the sum of squares is reduced in a fixed order (per-thread strided
 // partials, warp butterflies, warps summed in index order), and the block size depends only on
 // dim, so a row's result never depends on the other rows.
-#include "kernels/common/dtype.cuh"
 #include "kernels/elementwise/elementwise.h"
+#include "kernels/norm/rms_norm.cuh"
 
 namespace moex::kernels {
 namespace {
@@ -23,15 +23,10 @@ __global__ void rms_norm_kernel(const TX* x, RowLayout lx, const TW* w, TO* out,
     const float v = to_f32(xr[c]);
     ss = fmaf(v, v, ss);
   }
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) warp_part[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.f;
-  for (int i = 0; i < int(blockDim.x / 32); ++i) total += warp_part[i];
-  const float inv = 1.f / sqrtf(total / float(dim) + eps);  // IEEE div/sqrt, like the CPU reference
+  const float inv = rms_norm_inv(ss, dim, eps, warp_part);
   TO* orow = out + lo.offset(r);
   // Every thread read all of its inputs above before any write: safe when out aliases x.
-  for (int c = threadIdx.x; c < dim; c += blockDim.x) orow[c] = from_f32<TO>(__fmul_rn(__fmul_rn(to_f32(xr[c]), inv), to_f32(w[c])));
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) orow[c] = from_f32<TO>(rms_norm_scale(to_f32(xr[c]), inv, to_f32(w[c])));
 }
 
 RowLayout layout_of(const Tensor& t) {
@@ -46,7 +41,7 @@ cudaError_t launch_rms_norm(const ops::RmsNormParams& p, cudaStream_t stream) {
   int64_t rows = 1;
   for (int d = 0; d < p.x.ndim - 1; ++d) rows *= p.x.shape[d];
   if (rows == 0) return cudaSuccess;
-  const int threads = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
+  const int threads = rms_norm_threads(dim);
   bool ok_w = false, ok_o = false;
   const bool ok_x = dispatch_act(p.x.dtype, [&](auto tx) {
     using TX = decltype(tx);

@@ -1,6 +1,7 @@
 // Rotary embedding in place: one thread per (token, head, rotated pair).
 #include "kernels/common/dtype.cuh"
 #include "kernels/elementwise/elementwise.h"
+#include "kernels/rope/rope.cuh"
 
 namespace moex::kernels {
 namespace {
@@ -12,14 +13,15 @@ __global__ void rope_kernel(T* x, int64_t s_tok, int64_t s_head, int heads, cons
   const int64_t t = th / heads, h = th % heads;
   const int i = threadIdx.x + blockIdx.y * blockDim.x;
   if (i >= half) return;
-  const float angle = float(positions[t]) * inv_freq[i];
-  const float c = cosf(angle) * attn_scale, s = sinf(angle) * attn_scale;
+  float c, s;
+  rope_cos_sin(positions[t], inv_freq[i], attn_scale, &c, &s);
   T* row = x + t * s_tok + h * s_head;
-  const int i0 = interleaved ? 2 * i : i;
-  const int i1 = interleaved ? 2 * i + 1 : i + half;
-  const float x0 = to_f32(row[i0]), x1 = to_f32(row[i1]);
-  row[i0] = from_f32<T>(x0 * c - x1 * s);
-  row[i1] = from_f32<T>(x1 * c + x0 * s);
+  int i0, i1;
+  rope_pair(i, half, interleaved, &i0, &i1);
+  float y0, y1;
+  rope_rotate(to_f32(row[i0]), to_f32(row[i1]), c, s, &y0, &y1);
+  row[i0] = from_f32<T>(y0);
+  row[i1] = from_f32<T>(y1);
 }
 
 }  // namespace

@@ -157,7 +157,6 @@ class DeepseekModel final : public ModelBase {
     const int64_t nope = config_.qk_nope_head_dim, rope = config_.qk_rope_head_dim, vd = config_.v_head_dim;
     const int64_t rank = config_.kv_lora_rank, q_rank = config_.q_lora_rank, qk = nope + rope;
     const int64_t latent = rank + rope;
-    const float eps = float(config_.rms_norm_eps);
     MOEX_ASSIGN_OR_RETURN(Tensor x_norm, ws.make(act, {n, h}));                 // [n, hidden]
     MOEX_ASSIGN_OR_RETURN(Tensor q_a, ws.make(act, {n, std::max<int64_t>(q_rank, 1)}));  // [n, q_lora_rank]
     MOEX_ASSIGN_OR_RETURN(Tensor q, ws.make(act, {n, heads, qk}));              // [n, heads, nope + rope]
@@ -179,9 +178,10 @@ class DeepseekModel final : public ModelBase {
     const Tensor k_rope = view3(kv_a, rank, n, latent, 1, rope, rope);                       // [n, 1, rope]
     const int64_t slots = int64_t(num_pages_) * page_size_;
 
+    Tensor pending;  // [n, hidden] the previous layer's FFN output, not yet added to hidden
     for (DeepseekLayer& l : layers_) {
       const int64_t li = &l - layers_.data();  // profile: layer index
-      MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.input_norm, .out = x_norm, .eps = eps}));
+      MOEX_RETURN_IF_ERROR(norm_residual(hidden, pending, l.input_norm, x_norm));  // + the previous residual add
       // Queries.
       if (q_rank == 0) {
         MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.q_proj, .out = q_flat}));
@@ -192,6 +192,8 @@ class DeepseekModel final : public ModelBase {
       }
       // The latent row of each token: normalised latent, then the rotated shared key.
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.kv_a_proj, .out = kv_a}));
+      // Not yet Backend::mla_rope_cache (ops/fused.h: these five launches in one): its CUDA
+      // kernel has op tests but has not run on a GPU yet (docs/benchmarks.md, fused small ops).
       MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = kv_latent, .weight = l.kv_a_norm, .out = kv_latent, .eps = kLatentNormEps}));
       MOEX_RETURN_IF_ERROR(backend_.rope({.x = k_rope, .positions = step.positions, .inv_freq = inv_freq_,
                                           .attn_scale = rope_.attn_scale, .interleaved = true}));
@@ -208,13 +210,13 @@ class DeepseekModel final : public ModelBase {
       // Values: W_UV_h applied to each head's attended latent, then the output projection.
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = o_latent_by_head, .w = l.w_uv, .out = attn_v_by_head}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = attn_v.reshape({n, heads * vd}), .w = l.o_proj, .out = attn_out}));
-      MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = attn_out, .out = hidden}));
       MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kAttention, li));  // profile
 
-      // Feed-forward: routed + shared experts, or a dense MLP in the first layers.
-      MOEX_RETURN_IF_ERROR(ffn_residual(l.post_attn_norm, l.is_moe, l.moe, l.mlp, hidden, x_norm, ws, li));
+      // Feed-forward: routed + shared experts, or a dense MLP in the first layers (its residual
+      // add goes with the next norm).
+      MOEX_ASSIGN_OR_RETURN(pending, ffn_branch(l.post_attn_norm, l.is_moe, l.moe, l.mlp, hidden, attn_out, x_norm, ws, li));
     }
-    return Status::ok();
+    return add_residual(hidden, pending);
   }
 
  private:

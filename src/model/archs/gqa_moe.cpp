@@ -117,6 +117,7 @@ class GqaMoeModel final : public ModelBase {
     MOEX_ASSIGN_OR_RETURN(Tensor qkv, ws.make(act, {n, qkv_dim}));      // [n, q | k | v]
     const Tensor q = view3(qkv, 0, n, qkv_dim, q_heads, d, d);           // [n, q_heads, head_dim] strided
     const Tensor k = view3(qkv, q_dim, n, qkv_dim, kv_heads, d, d);      // [n, kv_heads, head_dim] strided
+    const Tensor v = view3(qkv, q_dim + kv_dim, n, qkv_dim, kv_heads, d, d);  // [n, kv_heads, head_dim] strided
     const Tensor v2 = columns(qkv, q_dim + kv_dim, kv_dim);              // [n, kv_heads * head_dim] strided
     const Tensor k2 = columns(qkv, q_dim, kv_dim);                       // [n, kv_heads * head_dim] strided
     MOEX_ASSIGN_OR_RETURN(Tensor attn, ws.make(act, {n, q_heads, d}));   // [n, q_heads, head_dim]
@@ -124,35 +125,43 @@ class GqaMoeModel final : public ModelBase {
     const float scale = float(1.0 / std::sqrt(double(d)));
     const int window = family_.use_sliding_window ? int(config_.sliding_window) : 0;
 
+    Tensor pending;  // [n, hidden] the previous layer's FFN output, not yet added to hidden
     for (GqaLayer& l : layers_) {
       const int64_t li = &l - layers_.data();  // profile: layer index
-      // Attention.
-      MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = hidden, .weight = l.input_norm, .out = x_norm, .eps = eps}));
+      // Attention (the previous layer's residual add goes with the input norm).
+      MOEX_RETURN_IF_ERROR(norm_residual(hidden, pending, l.input_norm, x_norm));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.qkv_proj, .out = qkv}));
-      if (family_.qk_norm) {
-        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = q, .weight = l.q_norm, .out = q, .eps = eps}));
-        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = k, .weight = l.k_norm, .out = k, .eps = eps}));
-      }
-      MOEX_RETURN_IF_ERROR(backend_.rope({.x = q, .positions = step.positions, .inv_freq = inv_freq_,
-                                          .attn_scale = rope_.attn_scale, .interleaved = false}));
-      MOEX_RETURN_IF_ERROR(backend_.rope({.x = k, .positions = step.positions, .inv_freq = inv_freq_,
-                                          .attn_scale = rope_.attn_scale, .interleaved = false}));
       const int64_t slots = int64_t(num_pages_) * page_size_;
-      MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = k2, .slot_mapping = step.slot_mapping,
-                                                 .dst = l.k_cache.reshape({slots, kv_dim})}));
-      MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = v2, .slot_mapping = step.slot_mapping,
-                                                 .dst = l.v_cache.reshape({slots, kv_dim})}));
+      const Tensor k_slots = l.k_cache.reshape({slots, kv_dim});  // [slots, kv_heads * head_dim]
+      const Tensor v_slots = l.v_cache.reshape({slots, kv_dim});  // [slots, kv_heads * head_dim]
+      if (fuse_small_ops_) {
+        MOEX_RETURN_IF_ERROR(backend_.qkv_rope_cache(
+            {.q = q, .k = k, .v = v, .q_norm = family_.qk_norm ? l.q_norm : Tensor{},
+             .k_norm = family_.qk_norm ? l.k_norm : Tensor{}, .eps = eps, .positions = step.positions,
+             .inv_freq = inv_freq_, .attn_scale = rope_.attn_scale, .interleaved = false,
+             .slot_mapping = step.slot_mapping, .k_cache = k_slots, .v_cache = v_slots}));
+      } else {
+        if (family_.qk_norm) {
+          MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = q, .weight = l.q_norm, .out = q, .eps = eps}));
+          MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = k, .weight = l.k_norm, .out = k, .eps = eps}));
+        }
+        MOEX_RETURN_IF_ERROR(backend_.rope({.x = q, .positions = step.positions, .inv_freq = inv_freq_,
+                                            .attn_scale = rope_.attn_scale, .interleaved = false}));
+        MOEX_RETURN_IF_ERROR(backend_.rope({.x = k, .positions = step.positions, .inv_freq = inv_freq_,
+                                            .attn_scale = rope_.attn_scale, .interleaved = false}));
+        MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = k2, .slot_mapping = step.slot_mapping, .dst = k_slots}));
+        MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = v2, .slot_mapping = step.slot_mapping, .dst = v_slots}));
+      }
       MOEX_RETURN_IF_ERROR(backend_.gqa_attention({.q = q, .k_cache = l.k_cache, .v_cache = l.v_cache,
                                                    .seqs = step.seqs, .out = attn, .scale = scale,
                                                    .sliding_window = window}));
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = attn.reshape({n, q_heads * d}), .w = l.o_proj, .out = attn_out}));
-      MOEX_RETURN_IF_ERROR(backend_.add({.a = hidden, .b = attn_out, .out = hidden}));
       MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kAttention, li));  // profile
 
-      // Feed-forward: routed experts or a dense MLP.
-      MOEX_RETURN_IF_ERROR(ffn_residual(l.post_attn_norm, l.is_moe, l.moe, l.mlp, hidden, x_norm, ws, li));
+      // Feed-forward: routed experts or a dense MLP (its residual add goes with the next norm).
+      MOEX_ASSIGN_OR_RETURN(pending, ffn_branch(l.post_attn_norm, l.is_moe, l.moe, l.mlp, hidden, attn_out, x_norm, ws, li));
     }
-    return Status::ok();
+    return add_residual(hidden, pending);
   }
 
  private:
