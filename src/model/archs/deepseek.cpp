@@ -192,18 +192,26 @@ class DeepseekModel final : public ModelBase {
       }
       // The latent row of each token: normalised latent, then the rotated shared key.
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = x_norm, .w = l.kv_a_proj, .out = kv_a}));
-      // Not yet Backend::mla_rope_cache (ops/fused.h: these five launches in one): its CUDA
-      // kernel has op tests but has not run on a GPU yet (docs/benchmarks.md, fused small ops).
-      MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = kv_latent, .weight = l.kv_a_norm, .out = kv_latent, .eps = kLatentNormEps}));
-      MOEX_RETURN_IF_ERROR(backend_.rope({.x = k_rope, .positions = step.positions, .inv_freq = inv_freq_,
-                                          .attn_scale = rope_.attn_scale, .interleaved = true}));
-      MOEX_RETURN_IF_ERROR(backend_.rope({.x = q_rope, .positions = step.positions, .inv_freq = inv_freq_,
-                                          .attn_scale = rope_.attn_scale, .interleaved = true}));
-      MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = kv_a, .slot_mapping = step.slot_mapping,
-                                                 .dst = l.latent_cache.reshape({slots, latent})}));
-      // Absorbed query: [W_UK_h^T q_nope_h | q_rope_h] per head.
+      const Tensor latent_slots = l.latent_cache.reshape({slots, latent});
+      if (fuse_small_ops_) {
+        // kv latent norm, RoPE of the shared key and of q, the cache write and the copy of q's
+        // rope part into the absorbed query: one launch (ops/fused.h, bit-identical).
+        MOEX_RETURN_IF_ERROR(backend_.mla_rope_cache({.kv_a = kv_a, .kv_norm = l.kv_a_norm, .eps = kLatentNormEps,
+                                                      .q_rope = q_rope, .q_rope_out = q_latent_rope,
+                                                      .positions = step.positions, .inv_freq = inv_freq_,
+                                                      .attn_scale = rope_.attn_scale, .interleaved = true,
+                                                      .slot_mapping = step.slot_mapping, .cache = latent_slots}));
+      } else {
+        MOEX_RETURN_IF_ERROR(backend_.rms_norm({.x = kv_latent, .weight = l.kv_a_norm, .out = kv_latent, .eps = kLatentNormEps}));
+        MOEX_RETURN_IF_ERROR(backend_.rope({.x = k_rope, .positions = step.positions, .inv_freq = inv_freq_,
+                                            .attn_scale = rope_.attn_scale, .interleaved = true}));
+        MOEX_RETURN_IF_ERROR(backend_.rope({.x = q_rope, .positions = step.positions, .inv_freq = inv_freq_,
+                                            .attn_scale = rope_.attn_scale, .interleaved = true}));
+        MOEX_RETURN_IF_ERROR(backend_.cache_write({.src = kv_a, .slot_mapping = step.slot_mapping, .dst = latent_slots}));
+        MOEX_RETURN_IF_ERROR(backend_.copy({.src = q_rope, .dst = q_latent_rope}));
+      }
+      // Absorbed query: [W_UK_h^T q_nope_h | q_rope_h] per head (the rope part copied above).
       MOEX_RETURN_IF_ERROR(backend_.matmul({.x = q_nope_by_head, .w = l.w_uk_t, .out = q_latent_nope}));
-      MOEX_RETURN_IF_ERROR(backend_.copy({.src = q_rope, .dst = q_latent_rope}));
       MOEX_RETURN_IF_ERROR(backend_.mla_attention({.q = q_latent, .cache = l.latent_cache, .seqs = step.seqs,
                                                    .out = o_latent, .lse = {}, .kv_lora_rank = int(rank),
                                                    .scale = softmax_scale_}));
