@@ -9,7 +9,8 @@
 // A down block waits only for blocks of lower index; blocks start in index order, so those are
 // running or done and the wait always ends. No host sync; the counters are reset by the last
 // block (ready counters) and the last ticket holder (column tickets), so every launch finds them
-// at zero. Calls on one device must not overlap (the backend has one stream per device).
+// at zero. Calls on one device must not overlap: one backend orders its calls on its stream,
+// but two backends on one GPU driven from two host threads could overlap (not supported yet).
 //
 // Bits: gate_up_block / down_block are the three-kernel plan's (moe_decode_tile.cuh), and the
 // combine is moe_combine.cuh's expression (fp32 adds from 0 over the local slots in slot order

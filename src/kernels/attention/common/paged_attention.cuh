@@ -290,6 +290,13 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
   cudaError_t err = cudaFuncSetAttribute(attn_split_kernel<TQ, TKV, kDVJ>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
+  // The combine stages two floats per split in dynamic smem: past the default 48 KiB (block tables
+  // wider than ~1.5M keys) it must opt in, up to the device's limit.
+  const size_t combine_smem = 2 * sizeof(float) * size_t(a.num_splits);
+  if (combine_smem > (size_t(48) << 10)) {
+    err = cudaFuncSetAttribute(attn_combine_kernel<TO>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(combine_smem));
+    if (err != cudaSuccess) return err;
+  }
   const int64_t two_waves = 2 * int64_t(sm_count());
   for (int t0 = 0; t0 < n; t0 += chunk) {
     a.token0 = t0;
@@ -309,7 +316,7 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
     } else {
       attn_split_kernel<TQ, TKV, kDVJ><<<grid, kThreads, smem, stream>>>(a);
     }
-    attn_combine_kernel<TO><<<unsigned(a.tokens * a.heads_q), 128, 2 * sizeof(float) * a.num_splits, stream>>>(a);
+    attn_combine_kernel<TO><<<unsigned(a.tokens * a.heads_q), 128, combine_smem, stream>>>(a);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

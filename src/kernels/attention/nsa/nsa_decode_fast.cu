@@ -16,7 +16,8 @@ using namespace fast;
 
 // Ticket counters of the two stages, one per (sequence, KV head). Zero at load; the last CTA
 // of a (sequence, KV head) sets its counter back to 0, so every launch finds them at 0. Calls
-// on one device must therefore not overlap (one stream per device, as the backend has).
+// on one device must therefore not overlap: one backend orders its calls on its stream; two
+// backends on one GPU driven from two host threads are not supported yet.
 __device__ unsigned int g_tickets[2][kFastMaxHeads];
 
 int env_tiles() {  // tiles of kFastTile keys per CTA (a constant of the process: bits never
