@@ -49,6 +49,13 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
   ldmatrix_x4_trans(r, smem_addr(smem));
 }
 
+// Two floats rounded to one bf16x2 register (lo in the low half): an mma operand fragment from
+// fp32 values, e.g. softmax probabilities reused as the A operand of P V.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 // 9.7.14.5.14 mma.sync m16n8k16 .row.col bf16 x bf16 -> f32: d = a @ b + d. One instruction
 // sums its 16 k products and the accumulator in the hardware's fixed order; the WMMA 16x16x16
 // bf16 fragments of mma_tile.cuh lower to the same instruction (two per 16x16 fragment).

@@ -43,11 +43,6 @@ struct TcShape {
   static constexpr size_t kSmemBytes = kTileBytes > kMergeBytes ? kTileBytes : kMergeBytes;
 };
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
 template <int D>
 __global__ void __launch_bounds__(kTcThreads) gqa_split_tc_kernel(AttnArgs a) {
   using S = TcShape<D>;
@@ -190,8 +185,8 @@ __global__ void __launch_bounds__(kTcThreads) gqa_split_tc_kernel(AttnArgs a) {
         }
       }
       // P as the A fragment of P V: the S accumulator layout of two n8 tiles is the k16 A layout.
-      const uint32_t pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
-                              pack_bf16(s[1][2], s[1][3])};
+      const uint32_t pa[4] = {ptx::pack_bf16x2(s[0][0], s[0][1]), ptx::pack_bf16x2(s[0][2], s[0][3]), ptx::pack_bf16x2(s[1][0], s[1][1]),
+                              ptx::pack_bf16x2(s[1][2], s[1][3])};
 #pragma unroll
       for (int dd = 0; dd < D / 16; ++dd) {
         uint32_t b[4];
@@ -258,9 +253,9 @@ cudaError_t launch_tc(const AttnArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-}  // namespace
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
 
 SplitLauncher gqa_split_tc_launcher(const ops::GqaAttentionParams& p) {
   if (!gqa_split_tc_supported(p)) return nullptr;

@@ -11,6 +11,5 @@ namespace moex::kernels::attention {
 // the batch, so every row of a model takes the same kernel.
 // gqa_split_tc_supported(p) is in attention.h.
 SplitLauncher gqa_split_tc_launcher(const ops::GqaAttentionParams& p);
-bool aligned16(const void* p);
 
 }  // namespace moex::kernels::attention

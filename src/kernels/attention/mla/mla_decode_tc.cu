@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "kernels/attention/mla/mla_decode_tc.h"
+#include "kernels/common/dtype.cuh"
 #include "kernels/gemm/ptx.cuh"
 #include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
@@ -84,16 +85,6 @@ using gemm::ptx::ldmatrix_x4_trans;
 using gemm::ptx::mma_bf16_16816;
 using gemm::ptx::mma_f16_16816;
 using gemm::ptx::smem_addr;
-__device__ __forceinline__ float warp_max_f(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum_f(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Four e4m3 (bytes b0..b3 of x, b0 first) to four bf16 (lo = {b0, b1}, hi = {b2, b3}), exact.
 // Sign to bit 15 and the 7 exponent+mantissa bits to bits 4..10 give the bf16 of value * 2^-120
@@ -458,7 +449,7 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
     // kMode 2: c = the tile's largest key scale (the same in every warp); O is kept as O / c.
     float c_ratio = 1.f;
     if constexpr (kH) {
-      const float c_tile = fmaxf(warp_max_f(key_scale[(it & 1) * kTile + lane]), 1.17549435e-38f);
+      const float c_tile = fmaxf(warp_max(key_scale[(it & 1) * kTile + lane]), 1.17549435e-38f);
       c_ratio = it == 0 ? 1.f : c_run / c_tile;
       c_run = c_tile;
     }
@@ -477,12 +468,12 @@ __global__ void __launch_bounds__(kThreads) mla_decode_tc_kernel(Args a) {
       } else {
         s = (key < kend && key <= row_pos[r]) ? s * a.scale : -INFINITY;
       }
-      const float m_new = fmaxf(m_run[i], warp_max_f(s));
+      const float m_new = fmaxf(m_run[i], warp_max(s));
       const float pf = m_new == -INFINITY ? 0.f : expf(s - m_new);
       const float alpha = m_new == -INFINITY ? 1.f : expf(m_run[i] - m_new);
       // PV runs on bf16 P (times the key's scale for fp8: V is the unscaled e4m3); l and lse
       // stay fp32.
-      l_run[i] = l_run[i] * alpha + warp_sum_f(pf);
+      l_run[i] = l_run[i] * alpha + warp_sum(pf);
       m_run[i] = m_new;
       if constexpr (kH) {
         reinterpret_cast<__half*>(ps)[r * kPLd + lane] = __float2half_rn(pf * (ksc / c_run));
@@ -579,7 +570,7 @@ __global__ void __launch_bounds__(kCombineThreads) mla_combine_kernel(Args a) {
       s_w[s] = v.x;
       if (v.y > 0.f) m = fmaxf(m, v.x);
     }
-    m = warp_max_f(m);  // the max is exact in any order
+    m = warp_max(m);  // the max is exact in any order
     if (tid % 32 == 0) s_max[tid / 32] = m;
     __syncthreads();
     m = s_max[0];

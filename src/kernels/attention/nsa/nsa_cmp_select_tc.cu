@@ -29,14 +29,14 @@ __device__ __forceinline__ void split3(float a, float b, uint32_t& h, uint32_t& 
   const float ah = __bfloat162float(__float2bfloat16_rn(a)), bh = __bfloat162float(__float2bfloat16_rn(b));
   const float ar = a - ah, br = b - bh;
   const float am = __bfloat162float(__float2bfloat16_rn(ar)), bm = __bfloat162float(__float2bfloat16_rn(br));
-  h = tc::pack(ah, bh);
-  m = tc::pack(am, bm);
-  l = tc::pack(ar - am, br - bm);
+  h = tc::pack_bf16x2(ah, bh);
+  m = tc::pack_bf16x2(am, bm);
+  l = tc::pack_bf16x2(ar - am, br - bm);
 }
 __device__ __forceinline__ void split2(float a, float b, uint32_t& h, uint32_t& l) {
   const float ah = __bfloat162float(__float2bfloat16_rn(a)), bh = __bfloat162float(__float2bfloat16_rn(b));
-  h = tc::pack(ah, bh);
-  l = tc::pack(a - ah, b - bh);
+  h = tc::pack_bf16x2(ah, bh);
+  l = tc::pack_bf16x2(a - ah, b - bh);
 }
 
 template <int DK, int DV>

@@ -149,9 +149,9 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
         const float ah = __bfloat162float(__float2bfloat16_rn(x.x)), bh = __bfloat162float(__float2bfloat16_rn(x.y));
         const float ar = x.x - ah, br = x.y - bh;
         const float am = __bfloat162float(__float2bfloat16_rn(ar)), bm = __bfloat162float(__float2bfloat16_rn(br));
-        *reinterpret_cast<uint32_t*>(khi + j * C::kLdKb + c) = tc::pack(ah, bh);
-        *reinterpret_cast<uint32_t*>(kmid + j * C::kLdKb + c) = tc::pack(am, bm);
-        *reinterpret_cast<uint32_t*>(klo + j * C::kLdKb + c) = tc::pack(ar - am, br - bm);
+        *reinterpret_cast<uint32_t*>(khi + j * C::kLdKb + c) = tc::pack_bf16x2(ah, bh);
+        *reinterpret_cast<uint32_t*>(kmid + j * C::kLdKb + c) = tc::pack_bf16x2(am, bm);
+        *reinterpret_cast<uint32_t*>(klo + j * C::kLdKb + c) = tc::pack_bf16x2(ar - am, br - bm);
       }
       if (!with_v) return;
       const float* vs = stage + kSuper * C::kLdK;
@@ -159,8 +159,8 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
         const int c = e % DV, j = (e / DV) * 2;  // lanes along the feature: conflict-free reads
         const float a0 = vs[j * C::kLdV + c], b0 = vs[(j + 1) * C::kLdV + c];
         const float ah = __bfloat162float(__float2bfloat16_rn(a0)), bh = __bfloat162float(__float2bfloat16_rn(b0));
-        *reinterpret_cast<uint32_t*>(vthi + c * C::kLdVt + j) = tc::pack(ah, bh);
-        *reinterpret_cast<uint32_t*>(vtlo + c * C::kLdVt + j) = tc::pack(a0 - ah, b0 - bh);
+        *reinterpret_cast<uint32_t*>(vthi + c * C::kLdVt + j) = tc::pack_bf16x2(ah, bh);
+        *reinterpret_cast<uint32_t*>(vtlo + c * C::kLdVt + j) = tc::pack_bf16x2(a0 - ah, b0 - bh);
       }
     };
     // The role's 16 blocks of super tile s: tile index s * 4 + role, keys at rows role * 16 + ...
@@ -189,8 +189,8 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
     };
     auto split2 = [](float a0, float b0, uint32_t& h, uint32_t& l) {
       const float ah = __bfloat162float(__float2bfloat16_rn(a0)), bh = __bfloat162float(__float2bfloat16_rn(b0));
-      h = tc::pack(ah, bh);
-      l = tc::pack(a0 - ah, b0 - bh);
+      h = tc::pack_bf16x2(ah, bh);
+      l = tc::pack_bf16x2(a0 - ah, b0 - bh);
     };
 
     // Pass 1: o_cmp, m, l.

@@ -21,7 +21,7 @@ using tc::cp_async_wait;
 using tc::ldmatrix_x4;
 using tc::ldmatrix_x4_trans;
 using tc::mma_bf16_16816;
-using tc::pack;
+using tc::pack_bf16x2;
 
 constexpr int kWarpsF = kFastThreads / 32;
 constexpr int kMaxMt = 2;  // G / 16 m-tiles of 16 heads
@@ -274,7 +274,7 @@ __device__ void attend_chunk(const Smem& s, const FastLayout& L, const Params& p
           }
           const __nv_bfloat162 hi = __floats2bfloat162_rn(pr[0], pr[1]);
           const float2 hf = __bfloat1622float2(hi);
-          const uint32_t lo = pack(pr[0] - hf.x, pr[1] - hf.y);
+          const uint32_t lo = pack_bf16x2(pr[0] - hf.x, pr[1] - hf.y);
           const int col = kb + n * 8 + 2 * gc;
           *reinterpret_cast<__nv_bfloat162*>(s.ph + row * L.ldp + col) = hi;
           *reinterpret_cast<uint32_t*>(s.pl + row * L.ldp + col) = lo;

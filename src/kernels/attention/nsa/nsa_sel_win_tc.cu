@@ -76,8 +76,8 @@ __device__ void branch(const uint32_t (&qa)[DK / 16][4], const Params& p, __nv_b
         x[nt][e] = key < nkeys ? x[nt][e] * scale_log2 : -INFINITY;
       }
     st.template softmax<true>(x);
-    const uint32_t pa[4] = {tc::pack(x[0][0], x[0][1]), tc::pack(x[0][2], x[0][3]), tc::pack(x[1][0], x[1][1]),
-                            tc::pack(x[1][2], x[1][3])};
+    const uint32_t pa[4] = {tc::pack_bf16x2(x[0][0], x[0][1]), tc::pack_bf16x2(x[0][2], x[0][3]), tc::pack_bf16x2(x[1][0], x[1][1]),
+                            tc::pack_bf16x2(x[1][2], x[1][3])};
 #pragma unroll
     for (int dn = 0; dn < DV / 16; ++dn) {
       uint32_t b[4];

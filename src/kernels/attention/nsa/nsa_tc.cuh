@@ -27,12 +27,8 @@ using gemm::ptx::cp_async_wait;
 using gemm::ptx::ldmatrix_x4;
 using gemm::ptx::ldmatrix_x4_trans;
 using gemm::ptx::mma_bf16_16816;
+using gemm::ptx::pack_bf16x2;
 using gemm::ptx::smem_addr;
-// Two floats as a bf16 pair: the lower column in the low half.
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 // Q A-fragments of 16 rows (heads h0 .. h0 + G - 1, the rest zero) for DK / 16 k-steps.
 template <int DK>

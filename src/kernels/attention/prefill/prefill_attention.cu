@@ -41,11 +41,8 @@ using gemm::ptx::cp_async_wait;
 using gemm::ptx::ldmatrix_x4;
 using gemm::ptx::ldmatrix_x4_trans;
 using gemm::ptx::mma_bf16_16816;
+using gemm::ptx::pack_bf16x2;
 using gemm::ptx::smem_addr;
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 // Element offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] bf16 tile.
 template <int D>
 __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
@@ -235,10 +232,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p, const Ite
 #pragma unroll
       for (int kk = 0; kk < kBlockKeys / 16; ++kk) {
         uint32_t pa[4];
-        pa[0] = pack(s[2 * kk][0], s[2 * kk][1]);
-        pa[1] = pack(s[2 * kk][2], s[2 * kk][3]);
-        pa[2] = pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[3] = pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        pa[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+        pa[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+        pa[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
         for (int dp = 0; dp < DV / 16; ++dp) {
           uint32_t b[4];
