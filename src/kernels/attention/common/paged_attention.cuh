@@ -287,9 +287,11 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
   a.part_acc = carver.carve<float>(size_t(chunk) * a.heads_q * a.num_splits * a.dv);
   a.part_ml = carver.carve<float>(size_t(chunk) * a.heads_q * a.num_splits * 2);
   const size_t smem = smem_bytes(a.dk, a.dv, a.v_in_k);
-  cudaError_t err = cudaFuncSetAttribute(attn_split_kernel<TQ, TKV, kDVJ>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (err != cudaSuccess) return err;
+  cudaError_t err = cudaSuccess;
+  if (split_launcher == nullptr) {
+    err = cudaFuncSetAttribute(attn_split_kernel<TQ, TKV, kDVJ>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
   // The combine stages two floats per split in dynamic smem: past the default 48 KiB (block tables
   // wider than ~1.5M keys) it must opt in, up to the device's limit.
   const size_t combine_smem = 2 * sizeof(float) * size_t(a.num_splits);

@@ -20,7 +20,9 @@ cudaError_t launch_gqa_attention(const ops::GqaAttentionParams& p, Scratch& scra
   a.v_in_k = false;
   const int64_t max_keys = p.seqs.block_table.shape[1] * int64_t(p.seqs.page_size);
   const AttnVariant variant = attn_variant();
-  a.short_split_keys = variant.short_split_keys;
+  const attention::SplitLauncher tc = variant.gqa_tensor_cores ? attention::gqa_split_tc_launcher(p) : nullptr;
+  // The tensor-core kernel streams 64-key tiles: longer splits for short rows.
+  a.short_split_keys = tc != nullptr ? variant.gqa_tc_short_split_keys : variant.short_split_keys;
   a.hoist_pages = variant.hoist_pages;
   a.num_splits = attn_num_splits(max_keys, a.short_split_keys);
   a.scale = p.scale; a.window = p.sliding_window;
@@ -29,11 +31,6 @@ cudaError_t launch_gqa_attention(const ops::GqaAttentionParams& p, Scratch& scra
 
   cudaError_t err = cudaErrorInvalidValue;
   const bool dv_small = a.dv <= attention::kThreads;
-  const attention::SplitLauncher tc = variant.gqa_tensor_cores ? attention::gqa_split_tc_launcher(p) : nullptr;
-  if (tc != nullptr) {  // the tensor-core kernel streams 64-key tiles: longer splits for short rows
-    a.short_split_keys = variant.gqa_tc_short_split_keys;
-    a.num_splits = attn_num_splits(max_keys, a.short_split_keys);
-  }
   auto run = [&](auto tq, auto tkv) {
     using TQ = decltype(tq);
     using TKV = decltype(tkv);
