@@ -44,6 +44,14 @@ class Buffer {
   size_t bytes_ = 0;
 };
 
+// A captured sequence of ops (a CUDA graph): replay() issues it again on the backend's stream,
+// with the same kernels, arguments and addresses as when it was captured.
+class StepGraph {
+ public:
+  virtual ~StepGraph() = default;
+  virtual Status replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -78,6 +86,13 @@ class Backend {
   virtual Status prefill_attention(const ops::PrefillAttentionParams& p) = 0;
   virtual Status sample(const ops::SampleParams& p) = 0;
   virtual Status random_uniform(const ops::RandomUniformParams& p) = 0;
+  // Graph capture: the ops issued between begin_capture() and end_capture() are recorded, not
+  // run. Nothing may allocate (alloc(), a growing scratch block) or wait for the device in
+  // between; such an op fails and the capture must still be ended (its result then discarded).
+  // Backends without graphs refuse.
+  virtual Status begin_capture() { return unsupported(name() + ": no graph capture"); }
+  virtual Expected<std::unique_ptr<StepGraph>> end_capture() { return unsupported(name() + ": no graph capture"); }
+
   // Fused small ops (ops/fused.h): the values of their defining op sequence on this backend.
   virtual Status add_rms_norm(const ops::AddRmsNormParams& p) = 0;
   virtual Status qkv_rope_cache(const ops::QkvRopeCacheParams& p) = 0;

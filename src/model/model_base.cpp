@@ -1,6 +1,7 @@
 #include "model/model_base.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -261,7 +262,15 @@ Expected<Tensor> WeightLoader::load_concat(const std::vector<std::string>& names
 Expected<Tensor> Workspace::make(DType dtype, std::initializer_list<int64_t> shape) {
   std::vector<int64_t> s(shape);
   const size_t bytes = std::max<size_t>(1, size_t(numel_of(s)) * dtype_size(dtype));
+  if (replaying_) {
+    if (next_ >= buffers_.size() || buffers_[next_].bytes() != bytes) {
+      return invalid_argument("Workspace replay: request " + std::to_string(next_) + " of " + std::to_string(bytes) +
+                              " bytes does not match the recorded step");
+    }
+    return Tensor::make(buffers_[next_++].data(), dtype, s, backend_.device());
+  }
   MOEX_ASSIGN_OR_RETURN(Buffer buf, backend_.alloc(bytes));
+  bytes_ += int64_t(bytes);
   Tensor t = Tensor::make(buf.data(), dtype, s, backend_.device());
   buffers_.push_back(std::move(buf));
   return t;
@@ -337,6 +346,7 @@ Status ModelBase::load_weights(const SafetensorsCheckpoint* ckpt, uint64_t seed)
 }
 
 void ModelBase::reset_cache(int num_pages, int page_size) {
+  step_graphs_.clear();  // they captured the old cache's addresses
   cache_buffers_.clear();
   num_pages_ = num_pages;
   page_size_ = page_size;
@@ -421,6 +431,11 @@ Status ModelBase::forward(const ForwardBatch& batch, std::vector<float>* logits)
 
 Status ModelBase::forward_consume(const ForwardBatch& batch, const LogitsConsumer& consume) {
   if (!kv_cache_ready()) return invalid_argument("Model::forward: call allocate_kv_cache first");
+  const int64_t rows = int64_t(batch.logits_rows.size());
+  bool decode = !batch.seq_lens.empty() && batch.query_start.size() == batch.seq_lens.size() + 1;
+  for (size_t i = 0; decode && i + 1 < batch.query_start.size(); ++i)
+    decode = batch.query_start[i + 1] - batch.query_start[i] == 1;
+  if (!profiling_ && rows > 0 && decode && use_step_graphs_) return forward_graph(batch, consume);
   if (profiling_) {  // profile: start the clock with no earlier work in flight
     MOEX_RETURN_IF_ERROR(backend_.synchronize());
     last_lap_s_ = steady_seconds();
@@ -429,19 +444,20 @@ Status ModelBase::forward_consume(const ForwardBatch& batch, const LogitsConsume
   Workspace ws(backend_);
   StepInputs step;
   MOEX_RETURN_IF_ERROR(upload_step(batch, ws, &step));
+  MOEX_ASSIGN_OR_RETURN(Tensor out, forward_body(step, ws, rows));
+  if (rows > 0) MOEX_RETURN_IF_ERROR(consume(out));
+  MOEX_RETURN_IF_ERROR(backend_.synchronize());
+  return lap(ProfileRegion::kOther, -1);  // profile
+}
+
+Expected<Tensor> ModelBase::forward_body(const StepInputs& step, Workspace& ws, int64_t rows) {
   const DType act = backend_.activation_dtype();
   const int64_t n = step.num_tokens, h = config_.hidden_size, v = config_.vocab_size;
-  const int64_t rows = int64_t(batch.logits_rows.size());
-
   MOEX_ASSIGN_OR_RETURN(Tensor hidden, ws.make(act, {n, h}));  // [n, hidden] residual stream
   MOEX_RETURN_IF_ERROR(backend_.embedding({.ids = step.tokens, .table = embed_, .out = hidden}));
   MOEX_RETURN_IF_ERROR(lap(ProfileRegion::kOther, -1));  // profile
   MOEX_RETURN_IF_ERROR(run_layers(step, ws, hidden));
-
-  if (rows == 0) {
-    MOEX_RETURN_IF_ERROR(backend_.synchronize());
-    return lap(ProfileRegion::kOther, -1);  // profile
-  }
+  if (rows == 0) return Tensor{};
   // The final norm is per row, so pick the wanted rows first; the embedding op is a row gather.
   MOEX_ASSIGN_OR_RETURN(Tensor picked, ws.make(act, {rows, h}));  // [rows, hidden]
   MOEX_RETURN_IF_ERROR(backend_.embedding({.ids = step.logits_rows, .table = hidden, .out = picked}));
@@ -449,9 +465,74 @@ Status ModelBase::forward_consume(const ForwardBatch& batch, const LogitsConsume
       {.x = picked, .weight = final_norm_, .out = picked, .eps = float(config_.rms_norm_eps)}));
   MOEX_ASSIGN_OR_RETURN(Tensor out, ws.make(DType::kF32, {rows, v}));  // [rows, vocab] f32
   MOEX_RETURN_IF_ERROR(backend_.matmul({.x = picked, .w = lm_head_, .out = out}));
-  MOEX_RETURN_IF_ERROR(consume(out));
-  MOEX_RETURN_IF_ERROR(backend_.synchronize());
-  return lap(ProfileRegion::kOther, -1);  // profile
+  return out;
+}
+
+Status ModelBase::forward_graph(const ForwardBatch& batch_in, const LogitsConsumer& consume) {
+  // The block-table width is rounded up to a power of two (extra entries name page 0 and are
+  // never read: every kernel stops at its sequence's length, and no split size depends on the
+  // width, so the bits are those of the exact width), so a batch whose sequences grow
+  // reuses a few graphs instead of capturing one per page.
+  const int width = int(std::bit_ceil(unsigned(std::max(1, batch_in.max_pages_per_seq))));
+  ForwardBatch padded;
+  const ForwardBatch* b = &batch_in;
+  const int64_t seqs = int64_t(batch_in.seq_lens.size());
+  if (width != batch_in.max_pages_per_seq && int64_t(batch_in.block_table.size()) == seqs * batch_in.max_pages_per_seq) {
+    padded = batch_in;
+    padded.max_pages_per_seq = width;
+    padded.block_table.assign(size_t(seqs * width), 0);
+    for (int64_t i = 0; i < seqs; ++i)
+      std::copy_n(batch_in.block_table.begin() + i * batch_in.max_pages_per_seq, batch_in.max_pages_per_seq,
+                  padded.block_table.begin() + i * width);
+    b = &padded;
+  }
+  const ForwardBatch& batch = *b;
+  const int64_t n = int64_t(batch.tokens.size());
+  const int64_t rows = int64_t(batch.logits_rows.size());
+  StepGraphEntry* g = nullptr;
+  for (auto& e : step_graphs_)
+    if (e->tokens == n && e->seqs == seqs && e->max_pages == batch.max_pages_per_seq && e->rows == rows) g = e.get();
+  if (g == nullptr) {
+    int64_t kept = 0;
+    for (const auto& e : step_graphs_) kept += e->ws.bytes();
+    while (!step_graphs_.empty() && (step_graphs_.size() >= kMaxStepGraphs || kept > kStepGraphBytes)) {
+      kept -= step_graphs_.front()->ws.bytes();
+      step_graphs_.erase(step_graphs_.begin());
+    }
+    step_graphs_.push_back(std::make_unique<StepGraphEntry>(backend_));
+    g = step_graphs_.back().get();
+    g->tokens = n;
+    g->seqs = seqs;
+    g->max_pages = batch.max_pages_per_seq;
+    g->rows = rows;
+  }
+  if (g->recorded) g->ws.rewind();
+  StepInputs step;
+  MOEX_RETURN_IF_ERROR(upload_step(batch, g->ws, &step));  // into the recorded buffers after the first step
+  if (g->graph) {
+    MOEX_RETURN_IF_ERROR(g->graph->replay());
+  } else if (!g->recorded || g->eager_only) {
+    MOEX_ASSIGN_OR_RETURN(g->out, forward_body(step, g->ws, rows));
+    g->recorded = true;
+  } else if (backend_.begin_capture().is_ok()) {
+    Expected<Tensor> out = forward_body(step, g->ws, rows);
+    Expected<std::unique_ptr<StepGraph>> graph = backend_.end_capture();
+    if (out.has_value() && graph.has_value()) {
+      g->graph = std::move(*graph);
+      MOEX_RETURN_IF_ERROR(g->graph->replay());
+    } else {
+      // The capture was refused (an op that allocates or waits): this shape runs eagerly.
+      g->eager_only = true;
+      g->ws.rewind();
+      MOEX_RETURN_IF_ERROR(upload_step(batch, g->ws, &step));
+      MOEX_ASSIGN_OR_RETURN(g->out, forward_body(step, g->ws, rows));
+    }
+  } else {
+    g->eager_only = true;
+    MOEX_ASSIGN_OR_RETURN(g->out, forward_body(step, g->ws, rows));
+  }
+  MOEX_RETURN_IF_ERROR(consume(g->out));
+  return backend_.synchronize();
 }
 
 void ModelBase::set_profiling(bool on) {
@@ -497,6 +578,12 @@ Expected<Tensor> ModelBase::mlp_block(const MlpWeights& w, const Tensor& x, Work
   MOEX_RETURN_IF_ERROR(backend_.silu_mul({.x = gate_up, .out = gated}));
   MOEX_RETURN_IF_ERROR(backend_.matmul({.x = gated, .w = w.w2, .out = down}));
   return down;
+}
+
+bool step_graphs_wanted(DeviceType device) {
+  const char* v = std::getenv("MOEX_CUDA_GRAPHS");
+  if (v == nullptr || *v == '\0') return device == DeviceType::kCuda;
+  return std::strcmp(v, "0") != 0;
 }
 
 bool fused_small_ops_from_env() {

@@ -66,10 +66,21 @@ class Workspace {
  public:
   explicit Workspace(Backend& backend) : backend_(backend) {}
   Expected<Tensor> make(DType dtype, std::initializer_list<int64_t> shape);
+  // From now on make() hands out the buffers it made so far again, in the same order (a request
+  // of another size is an error): a step replayed from a captured graph finds its tensors at
+  // the addresses the graph recorded.
+  void rewind() {
+    replaying_ = true;
+    next_ = 0;
+  }
+  int64_t bytes() const { return bytes_; }  // allocated so far
 
  private:
   Backend& backend_;
   std::vector<Buffer> buffers_;
+  int64_t bytes_ = 0;
+  bool replaying_ = false;
+  size_t next_ = 0;
 };
 
 // A ForwardBatch uploaded to the device.
@@ -98,12 +109,18 @@ struct MoeWeights {
 
 // False when the environment sets MOEX_FUSED_SMALL_OPS=0 (see ModelBase::fuse_small_ops_).
 bool fused_small_ops_from_env();
+// Whether decode steps replay captured graphs (ModelBase::forward_graph): MOEX_CUDA_GRAPHS=0
+// turns them off, =1 on (on the CPU too, where each shape runs eagerly on its rewound
+// workspace: the test of that path); unset, they are on for a CUDA backend. Read when a model
+// is built.
+bool step_graphs_wanted(DeviceType device);
 
 // Parts of Model every family shares. A family implements load_layers, the KV cache layout and
 // run_layers (the per-layer forward pass).
 class ModelBase : public Model {
  public:
-  ModelBase(Backend& backend, ModelConfig config) : backend_(backend), config_(std::move(config)) {}
+  ModelBase(Backend& backend, ModelConfig config)
+      : backend_(backend), config_(std::move(config)), use_step_graphs_(step_graphs_wanted(backend.device())) {}
 
   Status load_weights(const SafetensorsCheckpoint* ckpt, uint64_t seed);
 
@@ -114,6 +131,28 @@ class ModelBase : public Model {
   Status forward_consume(const ForwardBatch& batch, const LogitsConsumer& consume) override;
   void set_profiling(bool on) override;
   ModelProfile profile() const override { return profile_; }
+
+ private:
+  // embedding -> run_layers -> final norm -> lm_head of the uploaded step; returns the logits
+  // [rows, vocab] f32 (empty when rows is 0). No host synchronisation, no other host input than
+  // the shapes: this is what a decode graph captures.
+  Expected<Tensor> forward_body(const StepInputs& step, Workspace& ws, int64_t rows);
+  // A decode step (one query row per sequence) through the graph of its shape: the first step of
+  // a shape runs eagerly and records its workspace, the second is captured, later ones replay.
+  // Where the backend cannot capture, the shape keeps running eagerly on its workspace.
+  Status forward_graph(const ForwardBatch& batch, const LogitsConsumer& consume);
+  struct StepGraphEntry {
+    explicit StepGraphEntry(Backend& b) : ws(b) {}
+    int64_t tokens = 0, seqs = 0, max_pages = 0, rows = 0;  // the key
+    Workspace ws;
+    Tensor out;                         // [rows, vocab] f32 inside ws
+    std::unique_ptr<StepGraph> graph;   // set from the second step of the shape on
+    bool recorded = false, eager_only = false;
+  };
+  // Keeps at most kMaxStepGraphs shapes and kStepGraphBytes of their workspaces (the oldest go).
+  static constexpr size_t kMaxStepGraphs = 32;
+  static constexpr int64_t kStepGraphBytes = int64_t(4) << 30;
+  std::vector<std::unique_ptr<StepGraphEntry>> step_graphs_;  // most recent last
 
  protected:
   virtual Status load_layers(WeightLoader& loader) = 0;
@@ -165,6 +204,7 @@ class ModelBase : public Model {
   // Small ops run as the fused ops of ops/fused.h (fewer launches, the same values on every
   // backend); MOEX_FUSED_SMALL_OPS=0 in the environment at construction selects the separate ops.
   bool fuse_small_ops_ = fused_small_ops_from_env();
+  bool use_step_graphs_ = false;  // step_graphs_wanted() at construction
   std::vector<Buffer> weight_buffers_;
   std::vector<Buffer> cache_buffers_;
   ParamCounts counts_;

@@ -45,6 +45,7 @@ CudaBackend::~CudaBackend() {
 
 void* CudaBackend::get(size_t bytes) {
   if (bytes <= scratch_bytes_) return scratch_;
+  if (capturing_) return nullptr;  // a graph must not own the block: the op fails, the capture is dropped
   constexpr size_t kGranule = size_t(1) << 20;
   const size_t want = (bytes + kGranule - 1) / kGranule * kGranule;
   if (scratch_) cudaFreeAsync(scratch_, stream_);
@@ -61,6 +62,7 @@ void* CudaBackend::get(size_t bytes) {
 Expected<Buffer> CudaBackend::alloc(size_t bytes) {
   void* p = nullptr;
   if (bytes == 0) return Buffer(this, nullptr, 0);
+  if (capturing_) return invalid_argument("cuda alloc of " + std::to_string(bytes) + " bytes during a graph capture");
   // Stream-ordered allocation from the device's pool: per-step scratch buffers are reused
   // without a device-wide synchronisation (cudaFree would synchronise the device).
   MOEX_RETURN_IF_ERROR(cuda_status(cudaMallocAsync(&p, bytes, stream_), ("cuda alloc of " + std::to_string(bytes) + " bytes").c_str()));
@@ -68,7 +70,12 @@ Expected<Buffer> CudaBackend::alloc(size_t bytes) {
 }
 
 void CudaBackend::free(void* data) {
-  if (data) cudaFreeAsync(data, stream_);
+  if (!data) return;
+  if (capturing_) {  // not into the graph: freed once the capture ends
+    deferred_frees_.push_back(data);
+    return;
+  }
+  cudaFreeAsync(data, stream_);
 }
 
 Status CudaBackend::copy_from_host(void* dst, const void* src, size_t bytes) {

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend/backend.h"
 #include "kernels/common/scratch.h"
@@ -27,6 +28,8 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   Status copy_to_host(void* dst, const void* src, size_t bytes) override;
   Status fill(void* dst, uint8_t byte, size_t bytes) override;
   Status synchronize() override;
+  Status begin_capture() override;                          // cuda_graph.cpp
+  Expected<std::unique_ptr<StepGraph>> end_capture() override;  // cuda_graph.cpp
 
   Status embedding(const ops::EmbeddingParams& p) override;
   Status copy(const ops::CopyParams& p) override;
@@ -59,6 +62,8 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   std::string name_;
   void* scratch_ = nullptr;  // grown stream-ordered (cudaMallocAsync), never shrunk
   size_t scratch_bytes_ = 0;
+  bool capturing_ = false;   // between begin_capture and end_capture: no alloc, no scratch growth
+  std::vector<void*> deferred_frees_;  // buffers released during a capture
 };
 
 // "cuda <op>: <what> (<cuda error string>)" when err is not cudaSuccess.
