@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "cuda_ops/cuda_ops_util.h"
@@ -315,6 +316,58 @@ TEST_F(FusedMoeDecodeTest, SingleLaunchBackToBackCalls) {
       continue;
     }
     for (int64_t r = 0; r < ns[k]; ++r) ASSERT_TRUE(rows_bit_equal(got, r, first[size_t(k)], r)) << "token " << r;
+  }
+}
+
+// Two backends on one device, stepping from two host threads at once: each keeps its own arrival
+// counters (Scratch::counters), so the single-launch calls of one never count in the other's
+// (with device-global counters they could interleave: a down block could start on a count that
+// the other backend's blocks made). Every call gives the bits of a call made alone.
+TEST_F(FusedMoeDecodeTest, TwoBackendsFromTwoThreads) {
+  const DecodeShape s{"qwen3-30b-a3b (32 local)", 128, 8, 2048, 768, 32, 0};
+  const DecodeWeights w = make_weights(s);
+  const int64_t n = 1;
+  HostTensor x = host_random(DType::kBF16, {n, s.hidden}, rng_);
+  HostTensor ids = make_ids(s, w, n, Routing::kRandom);
+  HostTensor wts = make_weights_of(s, n);
+  HostTensor ref = host_tensor(DType::kBF16, {n, s.hidden});
+  MOEX_ASSERT_OK(cpu_->fused_moe(params(x.t, ids.t, wts.t, w, false, ref.t)));
+  auto second = make_cuda_backend(0);
+  MOEX_ASSERT_OK(second.status());
+  Backend* backends[2] = {gpu_.get(), second->get()};
+  constexpr int kCalls = 200;
+  struct PerBackend {
+    DeviceTensor x, ids, wts;
+    std::vector<DeviceTensor> outs;
+    Status status = Status::ok();
+  };
+  std::vector<PerBackend> per(2);
+  for (int b = 0; b < 2; ++b) {
+    per[size_t(b)].x = to_device(*backends[b], x);
+    per[size_t(b)].ids = to_device(*backends[b], ids);
+    per[size_t(b)].wts = to_device(*backends[b], wts);
+    for (int i = 0; i < kCalls; ++i) per[size_t(b)].outs.push_back(device_poisoned(*backends[b], DType::kBF16, {n, s.hidden}));
+  }
+  DeviceTensor alone = device_poisoned(*gpu_, DType::kBF16, {n, s.hidden});
+  MOEX_ASSERT_OK(gpu_->fused_moe(params(per[0].x.t, per[0].ids.t, per[0].wts.t, w, true, alone.t)));
+  const HostTensor want = to_host(*gpu_, alone);
+  EXPECT_LT(rel_l2(want, ref), kTolBf16);
+  std::vector<std::thread> threads;
+  for (int b = 0; b < 2; ++b) {
+    threads.emplace_back([&, b] {
+      PerBackend& p = per[size_t(b)];
+      for (int i = 0; i < kCalls && p.status.is_ok(); ++i)
+        p.status = backends[b]->fused_moe(params(p.x.t, p.ids.t, p.wts.t, w, true, p.outs[size_t(i)].t));
+      if (p.status.is_ok()) p.status = backends[b]->synchronize();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int b = 0; b < 2; ++b) {
+    MOEX_ASSERT_OK(per[size_t(b)].status);
+    for (int i = 0; i < kCalls; ++i) {
+      const HostTensor got = to_host(*backends[b], per[size_t(b)].outs[size_t(i)]);
+      ASSERT_TRUE(rows_bit_equal(got, 0, want, 0)) << "backend " << b << " call " << i;
+    }
   }
 }
 

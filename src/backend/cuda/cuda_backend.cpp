@@ -33,13 +33,24 @@ Expected<std::unique_ptr<Backend>> CudaBackend::create(int device_index) {
   }
   cudaStream_t stream = nullptr;
   MOEX_RETURN_IF_ERROR(cuda_status(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cuda backend: stream"));
-  return std::unique_ptr<Backend>(new CudaBackend(device_index, stream, std::string("cuda:") + std::to_string(device_index) + " " + prop.name));
+  unsigned int* counters = nullptr;
+  const size_t counter_bytes = kernels::kCountersTotal * sizeof(unsigned int);
+  err = cudaMalloc(&counters, counter_bytes);
+  if (err == cudaSuccess) err = cudaMemset(counters, 0, counter_bytes);
+  if (err != cudaSuccess) {
+    if (counters != nullptr) cudaFree(counters);
+    cudaStreamDestroy(stream);
+    return cuda_status(err, "cuda backend: arrival counters");
+  }
+  return std::unique_ptr<Backend>(
+      new CudaBackend(device_index, stream, counters, std::string("cuda:") + std::to_string(device_index) + " " + prop.name));
 }
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   if (scratch_) cudaFreeAsync(scratch_, stream_);
   cudaStreamSynchronize(stream_);
+  cudaFree(counters_);
   cudaStreamDestroy(stream_);
 }
 

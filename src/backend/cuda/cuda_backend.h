@@ -53,15 +53,17 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   Status mla_rope_cache(const ops::MlaRopeCacheParams& p) override;  // cuda_fused_ops.cpp
 
  private:
-  CudaBackend(int device, cudaStream_t stream, std::string name)
-      : device_(device), stream_(stream), name_(std::move(name)) {}
+  CudaBackend(int device, cudaStream_t stream, unsigned int* counters, std::string name)
+      : device_(device), stream_(stream), name_(std::move(name)), counters_(counters) {}
   void* get(size_t bytes) override;  // kernels::Scratch
+  unsigned int* counters() override { return counters_; }  // kernels::Scratch
 
   int device_;
   cudaStream_t stream_;
   std::string name_;
   void* scratch_ = nullptr;  // grown stream-ordered (cudaMallocAsync), never shrunk
   size_t scratch_bytes_ = 0;
+  unsigned int* counters_;   // [kernels::kCountersTotal], zeroed at creation
   bool capturing_ = false;   // between begin_capture and end_capture: no alloc, no scratch growth
   std::vector<void*> deferred_frees_;  // buffers released during a capture
 };

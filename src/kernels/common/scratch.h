@@ -6,11 +6,21 @@
 
 namespace moex::kernels {
 
+// Arrival counters of kernels whose blocks count in (the last to arrive does the rest), by user:
+// each has a fixed range of Scratch::counters().
+constexpr size_t kCountersMoeDecode = 0;     // moe_decode_fused.cu: ready [512], tickets [1024], exit [1]
+constexpr size_t kCountersMoeDecodeSize = 2048;
+constexpr size_t kCountersTotal = kCountersMoeDecode + kCountersMoeDecodeSize;
+
 class Scratch {
  public:
   virtual ~Scratch() = default;
   // At least `bytes` bytes, 256-byte aligned; nullptr if the device is out of memory.
   virtual void* get(size_t bytes) = 0;
+  // [kCountersTotal] zero-initialised counters owned by this backend and never moved (device
+  // globals would be shared by every backend on the device, so two backends stepping from two
+  // host threads could interleave their counts). A kernel must leave its counters at zero.
+  virtual unsigned int* counters() = 0;
 };
 
 // Bump allocator over one scratch block: carve(n) returns the next n-byte piece (256-aligned).

@@ -200,6 +200,7 @@ cudaError_t launch_moe_decode(const ops::FusedMoeParams& p, Scratch& scratch, cu
   if (carver.base == nullptr) return cudaErrorMemoryAllocation;
   a.h = carver.carve<bf16>(size_t(a.slots) * a.inter);
   a.part = carver.carve<char>(part_bytes);
+  a.counters = scratch.counters() + kCountersMoeDecode;
   // Few tokens: one launch (moe_decode_fused.cu; same bits).
   const bool single = moe_decode_fused_fits(n, a.slots, a.hidden, a.local_experts);
   a.l2_mode = l2_setting(single);

@@ -9,8 +9,9 @@
 // A down block waits only for blocks of lower index; blocks start in index order, so those are
 // running or done and the wait always ends. No host sync; the counters are reset by the last
 // block (ready counters) and the last ticket holder (column tickets), so every launch finds them
-// at zero. Calls on one device must not overlap: one backend orders its calls on its stream,
-// but two backends on one GPU driven from two host threads could overlap (not supported yet).
+// at zero. The counters belong to the calling backend (Scratch::counters), whose calls are
+// ordered on its one stream; another backend on the same GPU has its own, so two backends
+// stepping from two host threads never count in each other's (TwoBackendsFromTwoThreads).
 //
 // Bits: gate_up_block / down_block are the three-kernel plan's (moe_decode_tile.cuh), and the
 // combine is moe_combine.cuh's expression (fp32 adds from 0 over the local slots in slot order
@@ -22,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/common/scratch.h"
 #include "kernels/moe/moe_decode_fused.h"
 
 namespace moex::kernels {
@@ -31,11 +33,15 @@ using namespace moe_decode;
 
 constexpr int kFusedMaxColBlocks = 1024;  // hidden / 64: hidden <= 65536
 
-// Ready counters (gate/up blocks done per expert rank), column-block tickets and the exit
-// ticket. Zero at load; each launch leaves them at zero.
-__device__ unsigned int g_up_ready[kMaxLocal];
-__device__ unsigned int g_col_ticket[kFusedMaxColBlocks];
-__device__ unsigned int g_exit_ticket;
+// The backend's counters (DecodeArgs::counters): ready counters (gate/up blocks done per expert
+// rank), column-block tickets and the exit ticket. Zero at creation; each launch leaves them at
+// zero.
+static_assert(kMaxLocal + kFusedMaxColBlocks + 1 <= kCountersMoeDecodeSize, "counter range");
+__device__ __forceinline__ unsigned int* up_ready(const DecodeArgs& a) { return a.counters; }
+__device__ __forceinline__ unsigned int* col_ticket(const DecodeArgs& a) { return a.counters + kMaxLocal; }
+__device__ __forceinline__ unsigned int* exit_ticket(const DecodeArgs& a) {
+  return a.counters + kMaxLocal + kFusedMaxColBlocks;
+}
 
 // MOEX_MOE_DECODE_TRACE=1 (eager calls only): each block records %globaltimer at its start,
 // when its operands are known, when it may stream (after the h wait for down blocks) and at its
@@ -161,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) moe_decode_fused_kernel(DecodeArgs a
     gate_up_block(a, wrow, wl, i0, m, s);
     __threadfence();  // this block's h before its count
     __syncthreads();
-    if (tid == 0) atomicAdd(&g_up_ready[rank], 1u);
+    if (tid == 0) atomicAdd(&up_ready(a)[rank], 1u);
   } else if (e >= 0) {
     const int c0 = sub * kRows;
     down_rows(a, e, c0, wrow);
@@ -170,12 +176,12 @@ __global__ void __launch_bounds__(kThreads) moe_decode_fused_kernel(DecodeArgs a
     trace_mark(f, 1);
     if (tid == 0) {
       const unsigned int need = unsigned(a.inter / 32);
-      while (ld_acquire(&g_up_ready[rank]) < need) __nanosleep(64);
+      while (ld_acquire(&up_ready(a)[rank]) < need) __nanosleep(64);
     }
     __syncthreads();  // h of this expert complete and visible (read with cp.async.cg: L2)
     trace_mark(f, 2);
     down_block(a, wrow, wl, c0, m, s);
-    if (last_ticket(&g_col_ticket[sub], unsigned(s.n_active), s)) combine_columns(a, f, c0, true, s);
+    if (last_ticket(&col_ticket(a)[sub], unsigned(s.n_active), s)) combine_columns(a, f, c0, true, s);
   } else if (!up && rank == 0 && s.n_active == 0) {
     combine_columns(a, f, sub * kRows, false, s);  // no local expert: out = 0
   }
@@ -184,10 +190,10 @@ __global__ void __launch_bounds__(kThreads) moe_decode_fused_kernel(DecodeArgs a
   __syncthreads();
   if (tid == 0) {
     __threadfence();
-    const unsigned int t = atomicAdd(&g_exit_ticket, 1u);
+    const unsigned int t = atomicAdd(exit_ticket(a), 1u);
     if (t == gridDim.x - 1) {
-      for (int r = 0; r < f.ranks; ++r) g_up_ready[r] = 0u;
-      g_exit_ticket = 0u;
+      for (int r = 0; r < f.ranks; ++r) up_ready(a)[r] = 0u;
+      *exit_ticket(a) = 0u;
       __threadfence();
     }
   }

@@ -36,6 +36,7 @@ struct DecodeArgs {
   const float* w; int64_t s_w;              // [n, top_k] routing weights, row stride s_w
   int hidden, inter;
   int l2_mode;                              // how weights pass L2 (WeightLoad)
+  unsigned int* counters;                   // [kCountersMoeDecodeSize] zero (Scratch::counters)
 };
 
 __device__ __forceinline__ int local_expert(int id, const int32_t* map, int num_experts, int local_experts) {
