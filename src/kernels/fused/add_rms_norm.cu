@@ -4,6 +4,7 @@
 // rms_norm_kernel, so the partial sums, the reduction order and therefore every bit of both
 // outputs are those of add followed by rms_norm.
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/fused/fused.h"
 #include "kernels/norm/rms_norm.cuh"
 
@@ -14,6 +15,7 @@ template <class T, class TW>
 __global__ void add_rms_norm_kernel(T* residual, int64_t s_res, const T* branch, int64_t s_branch, const TW* w,
                                     T* out, int64_t s_out, int dim, float eps) {
   __shared__ float warp_part[32];
+  pdl::trigger();  // the next GEMM may start prefetching its weights (pdl.cuh)
   const int64_t r = blockIdx.x;
   T* res = residual + r * s_res;             // [dim]
   const T* br = branch + r * s_branch;       // [dim]

@@ -22,6 +22,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/gemm/ptx.cuh"
 #include "kernels/gemm/router_gemm.h"
 
@@ -48,7 +49,7 @@ using RouterMid = RouterCfg<2, 2, 8>;    // 32 x 16
 using RouterWide = RouterCfg<4, 4, 8>;   // 64 x 32
 
 template <class Cfg>
-__global__ void __launch_bounds__(32 * Cfg::NW) router_gemm_kernel(RouterArgs a) {
+__global__ void __launch_bounds__(32 * Cfg::NW) router_gemm_kernel(RouterArgs a, bool pdl_wait) {
   constexpr int MT = Cfg::MT, NT = Cfg::NT, G = Cfg::G;
   extern __shared__ float part[];  // [chunks, TM, TN] partial sums
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -72,6 +73,10 @@ __global__ void __launch_bounds__(32 * Cfg::NW) router_gemm_kernel(RouterArgs a)
   for (int j = 0; j < NT; ++j) {
     const int r = n0 + 8 * j + g;
     wrow[j] = r < a.n ? w + int64_t(r) * a.swn + 8 * t : nullptr;
+  }
+  if (pdl_wait) {  // the block's weight rows into L2 while the kernel before finishes, then wait
+    if (blockIdx.y == 0 && tid < Cfg::TN && n0 + tid < a.n) pdl::prefetch_l2(w + int64_t(n0 + tid) * a.swn, uint32_t(a.k) * 2u);
+    pdl::wait();
   }
   const auto load = [](const bf16* p, int k) {
     return p != nullptr ? __ldg(reinterpret_cast<const uint4*>(p + k)) : make_uint4(0, 0, 0, 0);
@@ -162,8 +167,7 @@ cudaError_t launch_cfg(const RouterArgs& a, int batch, cudaStream_t stream) {
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(unsigned((a.n + Cfg::TN - 1) / Cfg::TN), unsigned((a.m + Cfg::TM - 1) / Cfg::TM), unsigned(batch));
-  kernel<<<grid, 32 * Cfg::NW, smem, stream>>>(a);
-  return cudaGetLastError();
+  return pdl::launch(kernel, grid, dim3(32 * Cfg::NW), size_t(smem), stream, pdl::enabled(), a, pdl::enabled());
 }
 
 }  // namespace

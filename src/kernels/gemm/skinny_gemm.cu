@@ -27,6 +27,7 @@
 
 #include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/gemm/ptx.cuh"
 #include "kernels/gemm/skinny_gemm.h"
 
@@ -54,6 +55,10 @@ __global__ void __launch_bounds__(32 * W) skinny_warp_kernel(SkinnyArgs a) {
   if (n0 >= a.n) return;  // whole warp past n (no block barrier below)
   const bf16* x = static_cast<const bf16*>(a.x) + b * a.sxb;  // [m, k]
   const bf16* w = static_cast<const bf16*>(a.w) + b * a.swb;  // [n, k]
+  if (a.pdl) {  // this warp's weight rows into L2 while the kernel before finishes, then wait
+    if (lane < kRows && n0 + lane < a.n) pdl::prefetch_l2(w + int64_t(n0 + lane) * a.swn, uint32_t(a.k) * 2u);
+    pdl::wait();
+  }
 
   // Weight chunks: 8 rows x 8 chunks per sub-tile = 2 per lane (rows lane / 8 and lane / 8 + 4).
   const bf16* wsrc[2];  // nullptr: a row past n
@@ -158,8 +163,7 @@ cudaError_t launch_warp_w(const SkinnyArgs& a, int batch, cudaStream_t stream) {
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(unsigned((a.n + kRows * W - 1) / (kRows * W)), unsigned(batch));
-  kernel<<<grid, 32 * W, smem, stream>>>(a);
-  return cudaGetLastError();
+  return pdl::launch(kernel, grid, dim3(32 * W), smem, stream, a.pdl, a);
 }
 
 constexpr int kSliceK = 64;   // K per stage: 8 chunks of 16 bytes per row
@@ -184,6 +188,10 @@ __global__ void __launch_bounds__(32 * W) skinny_block_kernel(SkinnyArgs a) {
   const int b = blockIdx.y, n0 = blockIdx.x * kRows;
   const bf16* x = static_cast<const bf16*>(a.x) + b * a.sxb;  // [m, k]
   const bf16* w = static_cast<const bf16*>(a.w) + b * a.swb;  // [n, k]
+  if (a.pdl) {  // the block's weight rows into L2 while the kernel before finishes, then wait
+    if (tid < kRows && n0 + tid < a.n) pdl::prefetch_l2(w + int64_t(n0 + tid) * a.swn, uint32_t(a.k) * 2u);
+    pdl::wait();
+  }
 
   const bf16* wsrc[kWChunks];  // this thread's weight chunks; rows past n read nothing
   bool wvalid[kWChunks];
@@ -272,8 +280,7 @@ cudaError_t launch_block_w(const SkinnyArgs& a, int batch, cudaStream_t stream) 
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(unsigned((a.n + 16 * W - 1) / (16 * W)), unsigned(batch));
-  kernel<<<grid, 32 * W, smem, stream>>>(a);
-  return cudaGetLastError();
+  return pdl::launch(kernel, grid, dim3(32 * W), smem, stream, a.pdl, a);
 }
 
 // MOEX_GEMM_DECODE_RING=warp|block forces one of the two kernels (benchmarks, tests; same bits).
@@ -293,8 +300,10 @@ bool skinny_gemm_applies(const SkinnyArgs& a) {
          a.sxm % 8 == 0 && a.sxb % 8 == 0 && a.swn % 8 == 0 && a.swb % 8 == 0;
 }
 
-cudaError_t launch_skinny_gemm(const SkinnyArgs& a, int batch, bool out_f32, cudaStream_t stream) {
+cudaError_t launch_skinny_gemm(const SkinnyArgs& args, int batch, bool out_f32, cudaStream_t stream) {
   if (batch > 65535) return cudaErrorInvalidValue;
+  SkinnyArgs a = args;
+  a.pdl = pdl::enabled();
   // Warp ring while its 48 KB-per-warp blocks fit in one wave (4 per SM): o_proj, q_a, kv_a.
   // Wider GEMMs (qkv 5120 rows, Mixtral qkv, lm_head) measured faster on the block ring, whose
   // blocks share one token tile and need less shared memory per weight row (docs/kernels/gemm.md).

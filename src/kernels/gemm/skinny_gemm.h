@@ -18,6 +18,9 @@ struct SkinnyArgs {
   int m, n, k;
   float alpha;
   bool accumulate;
+  // Launched as a programmatic dependent (pdl.cuh): each block prefetches its weight rows into L2,
+  // then waits for the kernels before it. Set by the launchers from pdl::enabled().
+  bool pdl;
 };
 
 // m <= kSkinnyMaxRows, k a multiple of 64, x and w rows 16-byte aligned.

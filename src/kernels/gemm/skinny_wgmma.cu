@@ -26,6 +26,7 @@
 
 #include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/gemm/ptx.cuh"
 #include "kernels/gemm/skinny_gemm.h"
 #include "kernels/gemm/wgmma_ptx.cuh"
@@ -108,6 +109,10 @@ __global__ void __launch_bounds__(128) skinny_wgmma_kernel(SkinnyArgs a) {
   const int m = min(Cfg::kXRows, a.m - m0);  // token rows of this tile
   const bf16* x = static_cast<const bf16*>(a.x) + b * a.sxb + int64_t(m0) * a.sxm;  // [m, k]
   const bf16* w = static_cast<const bf16*>(a.w) + b * a.swb;  // [n, k]
+  if (a.pdl) {  // the block's weight rows into L2 while the kernel before finishes, then wait
+    if (blockIdx.x == 0 && tid < BN && n0 + tid < a.n) pdl::prefetch_l2(w + int64_t(n0 + tid) * a.swn, uint32_t(a.k) * 2u);
+    pdl::wait();
+  }
 
   // Each thread's chunks: chunk c -> sub-tile c / (rows * 8), row (c / 8) % rows, 16-byte chunk
   // c % 8, stored at chunk (c % 8) ^ (row % 8) of its 128-byte row (the 128-byte swizzle).
@@ -233,8 +238,7 @@ cudaError_t launch_cfg(const SkinnyArgs& a, int batch, cudaStream_t stream) {
   if (attr != cudaSuccess) return attr;
   const dim3 grid(unsigned((a.m + Cfg::kXRows - 1) / Cfg::kXRows), unsigned((a.n + Cfg::BN - 1) / Cfg::BN),
                   unsigned(batch));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
-  return cudaGetLastError();
+  return pdl::launch(kernel, grid, dim3(Cfg::kThreads), size_t(Cfg::kSmem), stream, a.pdl, a);
 }
 
 // Stage counts: 80 to 100 KB of shared memory per block (two blocks per SM): 28 / 40 / 48 KB of
@@ -289,8 +293,10 @@ int64_t skinny_wgmma_blocks(const SkinnyArgs& a, int batch) {
   return (int64_t(a.n) + bn - 1) / bn * ((a.m + 63) / 64) * batch;
 }
 
-cudaError_t launch_skinny_wgmma(const SkinnyArgs& a, int batch, bool out_f32, cudaStream_t stream) {
-  if (batch > 65535 || (a.n + 7) / 8 > 65535) return cudaErrorInvalidValue;  // grid z / y
+cudaError_t launch_skinny_wgmma(const SkinnyArgs& args, int batch, bool out_f32, cudaStream_t stream) {
+  if (batch > 65535 || (args.n + 7) / 8 > 65535) return cudaErrorInvalidValue;  // grid z / y
+  SkinnyArgs a = args;
+  a.pdl = pdl::enabled();
   const int bn = choose_bn(a, batch);
   return out_f32 ? launch_bn<float>(a, batch, bn, stream) : launch_bn<bf16>(a, batch, bn, stream);
 }

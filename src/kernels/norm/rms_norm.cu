@@ -1,6 +1,7 @@
 // RMSNorm: one block per row; the sum of squares is reduced in a fixed order (per-thread strided
 // partials, warp butterflies, warps summed in index order), and the block size depends only on
 // dim, so a row's result never depends on the other rows.
+#include "kernels/common/pdl.cuh"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/norm/rms_norm.cuh"
 
@@ -16,6 +17,7 @@ struct RowLayout {
 template <class TX, class TW, class TO>
 __global__ void rms_norm_kernel(const TX* x, RowLayout lx, const TW* w, TO* out, RowLayout lo, int dim, float eps) {
   __shared__ float warp_part[32];
+  pdl::trigger();  // the next GEMM may start prefetching its weights (pdl.cuh)
   const int64_t r = blockIdx.x;
   const TX* xr = x + lx.offset(r);
   float ss = 0.f;

@@ -12,6 +12,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/pdl.cuh"
 
 namespace moex::kernels::attention {
 
@@ -67,6 +68,7 @@ inline size_t smem_bytes(int dk, int dv, bool v_in_k) {
 
 template <class TQ, class TKV, int kDVJ>
 __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
+  pdl::trigger();  // the combine may be scheduled once every split block runs (pdl.cuh)
   extern __shared__ float smem[];
   const int dk = a.dk, dv = a.dv;
   float* qs = smem;                                        // (kRows, dk)
@@ -215,6 +217,10 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
 // keys: 60 us with one load per step).
 template <class TO>
 __global__ void attn_combine_kernel(AttnArgs a) {
+  // Launched as a programmatic dependent of the split kernel (pdl.cuh): the next kernel (o_proj)
+  // may start prefetching its weights now; the partials are read after the wait.
+  pdl::trigger();
+  pdl::wait();
   extern __shared__ float combine_smem[];
   float* weight = combine_smem;               // [num_splits] exp(m_s - m), 0 for empty splits
   float* split_l = combine_smem + a.num_splits;  // [num_splits]
@@ -318,8 +324,8 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
     } else {
       attn_split_kernel<TQ, TKV, kDVJ><<<grid, kThreads, smem, stream>>>(a);
     }
-    attn_combine_kernel<TO><<<unsigned(a.tokens * a.heads_q), 128, combine_smem, stream>>>(a);
-    err = cudaGetLastError();
+    err = pdl::launch(attn_combine_kernel<TO>, dim3(unsigned(a.tokens * a.heads_q)), dim3(128), combine_smem, stream,
+                      pdl::enabled(), a);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/gemm/ptx.cuh"
 
 namespace moex::kernels {
@@ -45,6 +46,7 @@ struct TcShape {
 
 template <int D>
 __global__ void __launch_bounds__(kTcThreads) gqa_split_tc_kernel(AttnArgs a) {
+  pdl::trigger();  // the combine may be scheduled once every split block runs (pdl.cuh)
   using S = TcShape<D>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* tiles = reinterpret_cast<bf16*>(smem_raw);  // [stages][K 64 x kRowElems | V 64 x kRowElems]
