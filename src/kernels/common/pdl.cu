@@ -13,8 +13,10 @@ bool enabled() {
     return major >= 9;
   }();
   if (!capable) return false;
-  const char* v = std::getenv("MOEX_PDL");  // at every launch, so that tests can compare both
-  return v == nullptr || std::strcmp(v, "0") != 0;
+  // Opt-in (MOEX_PDL=1) until a GPU round has run PdlLogits and measured it (docs/architecture.md);
+  // read at every launch, so that tests can compare both in one process.
+  const char* v = std::getenv("MOEX_PDL");
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 }  // namespace moex::kernels::pdl

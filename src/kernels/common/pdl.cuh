@@ -36,8 +36,9 @@ __device__ __forceinline__ void prefetch_l2(const void* ptr, uint32_t bytes) {
 #endif
 }
 
-// Host: true on a compute-capability 9.x+ device unless MOEX_PDL=0 (read at every launch, for
-// A/B runs and tests; a captured graph keeps what its launches saw). pdl.cu.
+// Host: true on a compute-capability 9.x+ device when MOEX_PDL=1 (opt-in until measured on a
+// GPU; read at every launch, for A/B runs and tests; a captured graph keeps what its launches
+// saw). Off, every launch is a plain launch and trigger() / wait() do nothing. pdl.cu.
 bool enabled();
 
 // kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization
