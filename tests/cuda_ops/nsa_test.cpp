@@ -525,6 +525,13 @@ TEST_F(NsaTest, DecodeTensorCoreNoForcedWindow0) {
                DType::kBF16);
 }
 
+// The choice's importance loop in more than one group of 8 x 128 blocks (up to 1250 selection
+// blocks: 10 keys per thread), with two compressed blocks per selection block (l' < l).
+TEST_F(NsaTest, DecodeTensorCoreOver1024SelectionBlocks) {
+  check_decode({"decode tc 1250 sel blocks", 16, 1, 64, 64, cfg_of(32, 16, 16, 16, 512), {17, 40, 16400, 20000}}, 64,
+               DType::kBF16);
+}
+
 // 11 sequences: every compressed split count from 0 to 6, key splits of both branches, window 0
 // (no window splits) beside window 300, group 8; alone, in 3 and in 11 the same bits.
 TEST_F(NsaTest, DecodeBatchOf11SameBits) {

@@ -221,6 +221,9 @@ cudaError_t launch_cmp_select_tc(const Params& p, float* o_cmp, int32_t* idx, cu
 cudaError_t launch_sel_win_tc(const Params& p, const float* o_cmp, const int32_t* idx, cudaStream_t stream);
 size_t cmp_select_tc_smem(const Params& p);
 // Forward only: several query rows per CTA (nsa_cmp_select_tile.cu); cudaErrorNotSupported when
-// the shape does not fit (nothing launched).
-cudaError_t launch_cmp_select_tile(const Params& p, float* o_cmp, int32_t* idx, int tokens, cudaStream_t stream);
+// the shape does not fit (nothing launched). presplit: cmp_tile_presplit_bytes(p) of scratch for
+// the compressed keys' bf16 terms, split once per row (nullptr or 0 bytes: split per super tile).
+size_t cmp_tile_presplit_bytes(const Params& p);
+cudaError_t launch_cmp_select_tile(const Params& p, float* o_cmp, int32_t* idx, int tokens, void* presplit,
+                                   cudaStream_t stream);
 }  // namespace moex::kernels::nsa

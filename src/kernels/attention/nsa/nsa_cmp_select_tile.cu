@@ -12,7 +12,15 @@
 //   - rows of several sequences in one CTA are served one sequence after the other.
 // The choice (forced blocks, then arg-max with ties to the lower index) runs on one warp per
 // token; it reads the same importances, so it picks the same blocks as select_blocks.
+//
+// Pre-split (kPre, the default for dims 64/64 and 128/128; MOEX_NSA_PRESPLIT=0 turns it off):
+// split_cmp_kernel writes the bf16 terms once per compressed row, in the layout of the CTA's term
+// buffers, and the tiled kernel copies them into a double buffer with cp.async: no staging, no
+// convert, one barrier per super tile, the next super tile's terms landing during this one's
+// mma. The terms come from the same split of the same f32 values, so the bits do not change.
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/attention/nsa/nsa_tc.cuh"
 
@@ -22,7 +30,74 @@ namespace {
 constexpr int kSuper = tc::kWarps * tc::kKeys;  // 64 compressed blocks per super tile
 constexpr int kCmpTileTokens = 4;              // query rows per CTA (dk = dv = 64 or 128)
 
-template <int DK, int DV, int TT>
+// Pre-split terms of one call, per KV head and padded compressed row R:
+//   k [3][H][rows][DK] (hi, mid, lo), vt [2][H][rows / 64][DV][64] (hi, lo, transposed per super
+//   tile; zero past a sequence's last block).
+// Sequence i's rows start at pad_base(i) = 64 (P_i / 64 + i) with P_i = cu_seqlens[i] / d: 64-aligned,
+// and far enough apart (nc_i <= L_i / d <= P_i+1 - P_i) that its ceil(nc_i / 64) super tiles never
+// reach the next sequence's. Only cu_seqlens and the geometry are used, as for the rows themselves.
+struct Presplit {
+  __nv_bfloat16* k = nullptr;
+  __nv_bfloat16* vt = nullptr;
+  int64_t rows = 0;  // padded rows per KV head, a multiple of 64
+};
+__device__ __forceinline__ int64_t pad_base(const Params& p, int seq) {
+  return int64_t(kSuper) * (p.rows.cu_seqlens[seq] / p.g.block_stride / kSuper + seq);
+}
+int64_t presplit_rows(const Params& p) {
+  const int64_t tc_bound = int64_t(p.rows.rows) / p.g.block_stride;  // nc(L) <= L / d (l >= d)
+  return int64_t(kSuper) * (tc_bound / kSuper + p.rows.num_seqs + 1);
+}
+
+// grid (rows / 64, H): super tile u of the padded rows (a sequence's tile s, or a gap: nothing),
+// split as the tiled kernel's convert does (split3 keys, split2 values transposed).
+template <int DK, int DV>
+__global__ void __launch_bounds__(kThreads) split_cmp_kernel(Params p, Presplit ps) {
+  const int u = blockIdx.x, kvh = blockIdx.y;
+  const int B = p.rows.num_seqs;
+  int lo = 0, hi = B - 1;  // the last sequence whose first super tile is <= u
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (pad_base(p, mid) / kSuper <= u) lo = mid; else hi = mid - 1;
+  }
+  const int seq = lo;
+  const int s = u - int(pad_base(p, seq) / kSuper);
+  const int len = p.rows.cu_seqlens[seq + 1] - p.rows.cu_seqlens[seq];
+  const int nc_seq = len > 0 ? num_cmp_visible(p.g, len - 1) : 0;
+  if (s < 0 || s * kSuper >= nc_seq) return;  // a gap between sequences: never read
+  int64_t kb, vb;
+  cmp_base(p.cmp, seq, kvh, kb, vb);
+  const int64_t r0 = pad_base(p, seq) + int64_t(s) * kSuper;
+  const int H = p.h;
+  __nv_bfloat16* khi = ps.k + (int64_t(0 * H + kvh) * ps.rows + r0) * DK;
+  __nv_bfloat16* kmid = ps.k + (int64_t(1 * H + kvh) * ps.rows + r0) * DK;
+  __nv_bfloat16* klo = ps.k + (int64_t(2 * H + kvh) * ps.rows + r0) * DK;
+  for (int e = threadIdx.x; e < kSuper * DK / 2; e += kThreads) {
+    const int j = e / (DK / 2), c = (e % (DK / 2)) * 2, blk = s * kSuper + j;
+    const bool ok = blk < nc_seq;
+    const float x0 = ok ? ld(p.cmp.k, kb + int64_t(blk) * p.cmp.k_sj + c) : 0.f;
+    const float x1 = ok ? ld(p.cmp.k, kb + int64_t(blk) * p.cmp.k_sj + c + 1) : 0.f;
+    const float ah = __bfloat162float(__float2bfloat16_rn(x0)), bh = __bfloat162float(__float2bfloat16_rn(x1));
+    const float ar = x0 - ah, br = x1 - bh;
+    const float am = __bfloat162float(__float2bfloat16_rn(ar)), bm = __bfloat162float(__float2bfloat16_rn(br));
+    *reinterpret_cast<uint32_t*>(khi + j * DK + c) = tc::pack_bf16x2(ah, bh);
+    *reinterpret_cast<uint32_t*>(kmid + j * DK + c) = tc::pack_bf16x2(am, bm);
+    *reinterpret_cast<uint32_t*>(klo + j * DK + c) = tc::pack_bf16x2(ar - am, br - bm);
+  }
+  const int64_t vt_tile = (int64_t(kvh) * (ps.rows / kSuper) + r0 / kSuper) * DV * kSuper;
+  __nv_bfloat16* vthi = ps.vt + vt_tile;
+  __nv_bfloat16* vtlo = ps.vt + int64_t(H) * ps.rows * DV + vt_tile;
+  for (int e = threadIdx.x; e < DV * kSuper / 2; e += kThreads) {
+    const int c = e % DV, j = (e / DV) * 2, blk = s * kSuper + j;
+    const float a0 = blk < nc_seq ? ld(p.cmp.v, vb + int64_t(blk) * p.cmp.v_sj + c) : 0.f;
+    const float b0 = blk + 1 < nc_seq ? ld(p.cmp.v, vb + int64_t(blk + 1) * p.cmp.v_sj + c) : 0.f;
+    const float ah = __bfloat162float(__float2bfloat16_rn(a0)), bh = __bfloat162float(__float2bfloat16_rn(b0));
+    *reinterpret_cast<uint32_t*>(vthi + c * kSuper + j) = tc::pack_bf16x2(ah, bh);
+    *reinterpret_cast<uint32_t*>(vtlo + c * kSuper + j) = tc::pack_bf16x2(a0 - ah, b0 - bh);
+  }
+}
+
+template <int DK, int DV, int TT, bool kPre = false>
 struct CmpTile {
   static constexpr int kThreadsT = kThreads * TT;
   static constexpr int kLdK = DK + 8, kLdV = DV + 4;  // f32 staging row strides
@@ -30,7 +105,8 @@ struct CmpTile {
   static constexpr int kLdVt = kSuper + 8;            // bf16 transposed value row stride
   static constexpr int kStageFloats = kSuper * (kLdK + kLdV);
   static constexpr int kConvHalves = 3 * kSuper * kLdKb + 2 * DV * kLdVt;
-  static constexpr int kRingBytes = kStageFloats * 4 + kConvHalves * 2;
+  // kPre: two buffers of bf16 terms, no staging.
+  static constexpr int kRingBytes = kPre ? 2 * kConvHalves * 2 : kStageFloats * 4 + kConvHalves * 2;
   static constexpr int kMergeBytes = TT * tc::merge_floats<DV>() * 4;
   static constexpr int kAreaBytes = ((kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes) + 15) / 16 * 16;
   // Per token: m [16], l [16], pj [nc_max], imp [nsel_max], sel [n].
@@ -40,17 +116,28 @@ struct CmpTile {
   }
 };
 
-template <int DK, int DV, int TT>
-__global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Params p, float* o_cmp, int32_t* idx) {
-  using C = CmpTile<DK, DV, TT>;
+template <int DK, int DV, int TT, bool kPre>
+__global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Params p, float* o_cmp, int32_t* idx,
+                                                                          Presplit ps) {
+  using C = CmpTile<DK, DV, TT, kPre>;
   constexpr int NT = C::kThreadsT;
   extern __shared__ __align__(16) char smem[];
   float* stage = reinterpret_cast<float*>(smem);                         // K [64][kLdK], V [64][kLdV]
-  __nv_bfloat16* khi = reinterpret_cast<__nv_bfloat16*>(stage + C::kStageFloats);  // [64][kLdKb] x 3
+  // Term buffers: after the staging buffer, or (kPre) buffer 0 of two at the start.
+  __nv_bfloat16* const conv0 = reinterpret_cast<__nv_bfloat16*>(kPre ? reinterpret_cast<float*>(smem) : stage + C::kStageFloats);
+  __nv_bfloat16* khi = conv0;  // [64][kLdKb] x 3
   __nv_bfloat16* kmid = khi + kSuper * C::kLdKb;
   __nv_bfloat16* klo = kmid + kSuper * C::kLdKb;
   __nv_bfloat16* vthi = klo + kSuper * C::kLdKb;  // [DV][kLdVt]
   __nv_bfloat16* vtlo = vthi + DV * C::kLdVt;
+  // kPre: point the term pointers at buffer `buf`.
+  auto use_buf = [&](int buf) {
+    khi = conv0 + buf * C::kConvHalves;
+    kmid = khi + kSuper * C::kLdKb;
+    klo = kmid + kSuper * C::kLdKb;
+    vthi = klo + kSuper * C::kLdKb;
+    vtlo = vthi + DV * C::kLdVt;
+  };
   float* merge = reinterpret_cast<float*>(smem);  // aliases the ring once a pass is over
   const int nsel_max = (p.max_len - 1) / p.g.select_len + 1;
   const int nc_max = p.max_len / p.g.block_stride + 1;
@@ -163,6 +250,29 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
         *reinterpret_cast<uint32_t*>(vtlo + c * C::kLdVt + j) = tc::pack_bf16x2(a0 - ah, b0 - bh);
       }
     };
+    // kPre: super tile s's terms into buffer buf (key rows past nc_seg zero-filled; the value
+    // chunks hold zeros past the sequence's last block, real values of blocks nobody sees here).
+    const int64_t pb = kPre ? pad_base(p, seq) : 0;
+    auto issue_pre = [&](int s, int buf, bool with_v) {
+      __nv_bfloat16* dk0 = conv0 + buf * C::kConvHalves;
+      for (int e = threadIdx.x; e < 3 * kSuper * DK / 8; e += NT) {
+        const int term = e / (kSuper * DK / 8), rem = e % (kSuper * DK / 8);
+        const int j = rem / (DK / 8), ch = (rem % (DK / 8)) * 8, blk = s * kSuper + j;
+        const bool ok = blk < nc_seg;
+        const __nv_bfloat16* src = ps.k + (int64_t(term * p.h + kvh) * ps.rows + pb + (ok ? blk : 0)) * DK + ch;
+        tc::cp_async_16(dk0 + (term * kSuper + j) * C::kLdKb + ch, src, ok);
+      }
+      if (!with_v) return;
+      __nv_bfloat16* dv0 = dk0 + 3 * kSuper * C::kLdKb;
+      const int64_t vt_tile = (int64_t(kvh) * (ps.rows / kSuper) + pb / kSuper + s) * DV * kSuper;
+      for (int e = threadIdx.x; e < 2 * DV * kSuper / 8; e += NT) {
+        const int term = e / (DV * kSuper / 8), rem = e % (DV * kSuper / 8);
+        const int c = rem / (kSuper / 8), ch = (rem % (kSuper / 8)) * 8;
+        const bool ok = s * kSuper + ch < nc_seg;
+        const __nv_bfloat16* src = ps.vt + int64_t(term) * p.h * ps.rows * DV + vt_tile + (ok ? c * kSuper + ch : 0);
+        tc::cp_async_16(dv0 + (term * DV + c) * C::kLdVt + ch, src, ok);
+      }
+    };
     // The role's 16 blocks of super tile s: tile index s * 4 + role, keys at rows role * 16 + ...
     auto scores = [&](int tile, float (&x)[2][4]) {
 #pragma unroll
@@ -196,13 +306,21 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
     // Pass 1: o_cmp, m, l.
     tc::WarpState<DV> st;
     st.reset();
-    if (nsup > 0) { issue(0, true); tc::cp_async_commit(); }
+    if (nsup > 0) {
+      if (kPre) issue_pre(0, 0, true); else issue(0, true);
+      tc::cp_async_commit();
+    }
     for (int s = 0; s < nsup; ++s) {
       tc::cp_async_wait<0>();
-      __syncthreads();  // staging holds s; nobody reads the bf16 terms of s - 1 any more
-      convert(true);
-      __syncthreads();  // terms of s ready; staging free
-      if (s + 1 < nsup) { issue(s + 1, true); tc::cp_async_commit(); }
+      __syncthreads();  // staging (kPre: buffer s % 2) holds s; nobody reads the terms of s - 1 any more
+      if (kPre) {
+        use_buf(s & 1);
+        if (s + 1 < nsup) { issue_pre(s + 1, (s + 1) & 1, true); tc::cp_async_commit(); }
+      } else {
+        convert(true);
+        __syncthreads();  // terms of s ready; staging free
+        if (s + 1 < nsup) { issue(s + 1, true); tc::cp_async_commit(); }
+      }
       const int tile = s * tc::kWarps + role;
       if (active && tile < ntiles) {
         float x[2][4];
@@ -273,14 +391,22 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
     __syncthreads();  // merge area retired; m / l visible
 
     // Pass 2: pj[j] = sum over the group's heads of p_cmp[h, j].
-    if (nsup > 0) { issue(0, false); tc::cp_async_commit(); }
+    if (nsup > 0) {
+      if (kPre) issue_pre(0, 0, false); else issue(0, false);
+      tc::cp_async_commit();
+    }
     const float m0 = mrow[gr], m1 = mrow[gr + 8], l0 = lrow[gr], l1 = lrow[gr + 8];
     for (int s = 0; s < nsup; ++s) {
       tc::cp_async_wait<0>();
       __syncthreads();
-      convert(false);
-      __syncthreads();
-      if (s + 1 < nsup) { issue(s + 1, false); tc::cp_async_commit(); }
+      if (kPre) {
+        use_buf(s & 1);
+        if (s + 1 < nsup) { issue_pre(s + 1, (s + 1) & 1, false); tc::cp_async_commit(); }
+      } else {
+        convert(false);
+        __syncthreads();
+        if (s + 1 < nsup) { issue(s + 1, false); tc::cp_async_commit(); }
+      }
       const int tile = s * tc::kWarps + role;
       if (active && tile < ntiles) {
         float x[2][4];
@@ -360,17 +486,39 @@ __global__ void __launch_bounds__(kThreads * TT, 1) cmp_select_tile_kernel(Param
   }
 }
 
-template <int DK, int DV, int TT>
-cudaError_t launch(const Params& p, float* o_cmp, int32_t* idx, cudaStream_t stream) {
+template <int DK, int DV, int TT, bool kPre>
+size_t tile_smem(const Params& p) {
   const int nsel_max = (p.max_len - 1) / p.g.select_len + 1, nc_max = p.max_len / p.g.block_stride + 1;
-  const size_t smem = CmpTile<DK, DV, TT>::smem(nsel_max, nc_max, p.g.select_n);
+  return CmpTile<DK, DV, TT, kPre>::smem(nsel_max, nc_max, p.g.select_n);
+}
+
+template <int DK, int DV, int TT>
+cudaError_t launch(const Params& p, float* o_cmp, int32_t* idx, void* presplit, cudaStream_t stream) {
+  Presplit ps;
+  const bool pre = presplit != nullptr && tile_smem<DK, DV, TT, true>(p) <= kMaxSmem;
+  const size_t smem = pre ? tile_smem<DK, DV, TT, true>(p) : tile_smem<DK, DV, TT, false>(p);
   if (smem > kMaxSmem) return cudaErrorNotSupported;
-  cudaError_t e =
-      cudaFuncSetAttribute(cmp_select_tile_kernel<DK, DV, TT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  auto kernel = pre ? cmp_select_tile_kernel<DK, DV, TT, true> : cmp_select_tile_kernel<DK, DV, TT, false>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
+  if (pre) {
+    ps.rows = presplit_rows(p);
+    ps.k = static_cast<__nv_bfloat16*>(presplit);
+    ps.vt = ps.k + size_t(3) * p.h * ps.rows * DK;
+    split_cmp_kernel<DK, DV><<<dim3(unsigned(ps.rows / kSuper), p.h), kThreads, 0, stream>>>(p, ps);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
   const int ctas = (p.rows.rows + TT - 1) / TT;
-  cmp_select_tile_kernel<DK, DV, TT><<<dim3(ctas, p.h), kThreads * TT, smem, stream>>>(p, o_cmp, idx);
+  kernel<<<dim3(ctas, p.h), kThreads * TT, smem, stream>>>(p, o_cmp, idx, ps);
   return cudaGetLastError();
+}
+
+bool presplit_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MOEX_NSA_PRESPLIT");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
 }
 
 }  // namespace
@@ -378,14 +526,20 @@ cudaError_t launch(const Params& p, float* o_cmp, int32_t* idx, cudaStream_t str
 // cudaErrorNotSupported (nothing launched) when the shape's shared memory does not fit: the
 // caller then runs the one-row kernel. tokens: rows per CTA for dk = dv = 128 (2 or 4; a bench
 // knob), the other shapes use fixed counts.
-cudaError_t launch_cmp_select_tile(const Params& p, float* o_cmp, int32_t* idx, int tokens, cudaStream_t stream) {
+cudaError_t launch_cmp_select_tile(const Params& p, float* o_cmp, int32_t* idx, int tokens, void* presplit,
+                                   cudaStream_t stream) {
   if (p.rows.cu_seqlens == nullptr) return cudaErrorNotSupported;
-  if (p.dk == 64 && p.dv == 64) return launch<64, 64, kCmpTileTokens>(p, o_cmp, idx, stream);
+  if (p.dk == 64 && p.dv == 64) return launch<64, 64, kCmpTileTokens>(p, o_cmp, idx, presplit, stream);
   if (p.dk == 128 && p.dv == 128)
-    return tokens == 2 ? launch<128, 128, 2>(p, o_cmp, idx, stream)
-                       : launch<128, 128, kCmpTileTokens>(p, o_cmp, idx, stream);
-  if (p.dk == 192 && p.dv == 128) return launch<192, 128, 2>(p, o_cmp, idx, stream);
+    return tokens == 2 ? launch<128, 128, 2>(p, o_cmp, idx, presplit, stream)
+                       : launch<128, 128, kCmpTileTokens>(p, o_cmp, idx, presplit, stream);
+  if (p.dk == 192 && p.dv == 128) return launch<192, 128, 2>(p, o_cmp, idx, nullptr, stream);
   return cudaErrorNotSupported;
+}
+
+size_t cmp_tile_presplit_bytes(const Params& p) {
+  if (p.rows.cu_seqlens == nullptr || !presplit_enabled() || p.dk != p.dv || (p.dk != 64 && p.dk != 128)) return 0;
+  return ScratchCarver::bytes_for<__nv_bfloat16>(size_t(presplit_rows(p)) * p.h * (3 * p.dk + 2 * p.dv));
 }
 
 }  // namespace moex::kernels::nsa

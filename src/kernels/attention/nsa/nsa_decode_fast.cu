@@ -31,15 +31,18 @@ int env_tiles() {  // tiles of kFastTile keys per CTA (a constant of the process
 }
 // Bench knob MOEX_NSA_DECODE_STAGES (outputs wrong unless unset), for the per-step split:
 // "1" stage 1 only, "1n" stage 1 without the choice, "2n" both stages without the final merge.
-constexpr int kSkipSelect = 1, kSkipCombine = 2, kStage1Only = 4;
+// MOEX_NSA_DECODE_OLD=1 (A/B runs; outputs right): the session-3 choice and final merge.
+constexpr int kSkipSelect = 1, kSkipCombine = 2, kStage1Only = 4, kOldSteps = 8;
 int env_flags() {
   static const int f = [] {
+    const char* o = std::getenv("MOEX_NSA_DECODE_OLD");
+    const int old = o != nullptr && std::strcmp(o, "1") == 0 ? kOldSteps : 0;
     const char* e = std::getenv("MOEX_NSA_DECODE_STAGES");
-    if (e == nullptr) return 0;
-    if (std::strcmp(e, "1") == 0) return kStage1Only;
-    if (std::strcmp(e, "1n") == 0) return kStage1Only | kSkipSelect;
-    if (std::strcmp(e, "2n") == 0) return kSkipCombine;
-    return 0;
+    if (e == nullptr) return old;
+    if (std::strcmp(e, "1") == 0) return old | kStage1Only;
+    if (std::strcmp(e, "1n") == 0) return old | kStage1Only | kSkipSelect;
+    if (std::strcmp(e, "2n") == 0) return old | kSkipCombine;
+    return old;
   }();
   return f;
 }
@@ -172,6 +175,170 @@ __device__ void select_step(const Smem& s, const FastLayout& L, const Params& p,
   for (int a = total + int(threadIdx.x); a < g.select_n; a += kFastThreads) dst[a] = -1;
 }
 
+constexpr int kCombineBatch = 12;  // partials in flight per thread in the final merge
+constexpr int kSelR = 8;  // selection blocks per thread and group (strided by the CTA: coalesced)
+constexpr int kSelU = 4;  // (head, block) steps whose loads are in flight together
+
+// The choice of select_step with the same rule and term order, made short for the critical
+// path (docs/kernels/nsa.md, "The choice, shortened"): p = exp(s - M) * (1 / L) (one rounding
+// more than the division; an ulp-level change that the near-tie rule covers), no integer
+// division per term (each block's overlap range is computed once, then heads ascending and
+// blocks ascending are walked with kSelU x kSelR loads in flight), the importances turned into
+// keys once, and the threshold found two bits a round (16 barriers instead of 32).
+__device__ void select_step_fast(const Smem& s, const FastLayout& L, const Params& p, const FastScratch& d, int b,
+                                 int kvh, int t, int nc) {
+  const Geometry& g = p.g;
+  const int G = L.g;
+  const int nsplit = nc > 0 ? (nc + d.chunk - 1) / d.chunk : 0;
+  float* imp = s.region;                  // [nsel_max], becomes the keys
+  float* mm = imp + d.nsel_max;           // [sc][G]
+  float* ll = mm + size_t(d.sc) * G;      // [sc][G]
+  float* sm = ll + size_t(d.sc) * G;      // [G] merged max
+  float* si = sm + G;                     // [G] 1 / merged sum
+  const int64_t row0 = (int64_t(b) * p.h + kvh) * d.sc * G;
+  for (int e = threadIdx.x; e < nsplit * G; e += kFastThreads) {
+    mm[e] = __ldcg(d.cm + row0 + e);
+    ll[e] = __ldcg(d.cl + row0 + e);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G; i += kFastThreads) {
+    float m = -INFINITY;
+    for (int z = 0; z < nsplit; ++z) m = fmaxf(m, mm[z * G + i]);
+    float l = 0.f;
+    for (int z = 0; z < nsplit; ++z) l += ll[z * G + i] * expf(mm[z * G + i] - m);
+    sm[i] = m;
+    si[i] = 1.f / l;  // unused when no block is visible (l = 0)
+  }
+  __syncthreads();
+  const int nsel = t / g.select_len + 1;
+  const float* scores = d.scores + (int64_t(b) * p.h + kvh) * G * d.max_nc;  // [G, max_nc]
+  for (int base = 0; base < nsel; base += kSelR * kFastThreads) {
+    int jl[kSelR], jn[kSelR];
+    float acc[kSelR];
+    int njmax = 0;
+#pragma unroll
+    for (int r = 0; r < kSelR; ++r) {
+      const int bb = base + r * kFastThreads + int(threadIdx.x);
+      const int lo_tok = bb * g.select_len - g.block_len;  // j * d > lo_tok
+      jl[r] = lo_tok < 0 ? 0 : lo_tok / g.block_stride + 1;
+      const int jhi = min(nc - 1, ((bb + 1) * g.select_len - 1) / g.block_stride);
+      jn[r] = bb < nsel ? max(0, jhi - jl[r] + 1) : 0;
+      njmax = max(njmax, jn[r]);
+      acc[r] = 0.f;
+    }
+    // Steps q = h * njmax + jj in ascending order: per block, heads ascending, then its
+    // overlapping compressed blocks ascending (the contract's order).
+    const int steps = G * njmax;
+    int h = 0, jj = 0;
+    for (int q0 = 0; q0 < steps; q0 += kSelU) {
+      float v[kSelU][kSelR];
+      int hs[kSelU], js[kSelU];
+#pragma unroll
+      for (int u = 0; u < kSelU; ++u) {
+        hs[u] = q0 + u < steps ? h : G;  // G: past the end, no term
+        js[u] = jj;
+#pragma unroll
+        for (int r = 0; r < kSelR; ++r)
+          v[u][r] = hs[u] < G && jj < jn[r] ? __ldcg(scores + int64_t(h) * d.max_nc + jl[r] + jj) : 0.f;
+        if (++jj == njmax) { jj = 0; ++h; }
+      }
+#pragma unroll
+      for (int u = 0; u < kSelU; ++u) {
+        if (hs[u] >= G) break;
+        const float mh = sm[hs[u]], ih = si[hs[u]];
+#pragma unroll
+        for (int r = 0; r < kSelR; ++r)
+          if (js[u] < jn[r]) acc[r] += expf(v[u][r] - mh) * ih;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kSelR; ++r) {
+      const int bb = base + r * kFastThreads + int(threadIdx.x);
+      if (bb < nsel) imp[bb] = acc[r];
+    }
+  }
+  __syncthreads();
+
+  const int nt = nsel - 1;
+  const int init_end = min(g.num_init, nsel);
+  const int local_beg = max(init_end, nt - g.num_local + 1);
+  const int forced = init_end + (nt - local_beg + 1);
+  const int want = min(g.select_n, nsel);
+  const int k = want - forced;
+  // Keys: importance bits + 1 (monotone for importances >= 0), 0 for forced blocks.
+  unsigned int* keys = reinterpret_cast<unsigned int*>(imp);
+  for (int bb = threadIdx.x; bb < nsel; bb += kFastThreads) {
+    const bool f = bb < init_end || bb >= local_beg;
+    keys[bb] = f ? 0u : __float_as_uint(imp[bb]) + 1u;
+  }
+  __syncthreads();
+  const int per = (nsel + kFastThreads - 1) / kFastThreads;
+  const int b_lo = min(nsel, int(threadIdx.x) * per), b_hi = min(nsel, b_lo + per);
+  // T = the largest value with at least k keys >= T (the k-th largest key), two bits a round:
+  // the largest digit whose candidate still has k keys at or above it.
+  unsigned int T = 0;
+  if (k > 0) {
+    for (int bit = 30; bit >= 0; bit -= 2) {
+      const unsigned int c1 = T | (1u << bit), c2 = T | (2u << bit), c3 = T | (3u << bit);
+      int n1 = 0, n2 = 0, n3 = 0;
+      for (int bb = b_lo; bb < b_hi; ++bb) {
+        const unsigned int kb = keys[bb];
+        n1 += kb >= c1;
+        n2 += kb >= c2;
+        n3 += kb >= c3;
+      }
+      int* buf = s.scan + ((bit >> 1) & 1) * 3 * kWarpsF;  // alternating buffers: one barrier a round
+      n1 = __reduce_add_sync(0xffffffffu, n1);
+      n2 = __reduce_add_sync(0xffffffffu, n2);
+      n3 = __reduce_add_sync(0xffffffffu, n3);
+      if (threadIdx.x % 32 == 0) {
+        buf[threadIdx.x / 32] = n1;
+        buf[kWarpsF + threadIdx.x / 32] = n2;
+        buf[2 * kWarpsF + threadIdx.x / 32] = n3;
+      }
+      __syncthreads();
+      int t1 = 0, t2 = 0, t3 = 0;
+#pragma unroll
+      for (int w = 0; w < kWarpsF; ++w) {
+        t1 += buf[w];
+        t2 += buf[kWarpsF + w];
+        t3 += buf[2 * kWarpsF + w];
+      }
+      T = t3 >= k ? c3 : t2 >= k ? c2 : t1 >= k ? c1 : T;
+    }
+  }
+  __syncthreads();
+  // Blocks above T are all taken; of those equal to T, the lowest indices fill the rest.
+  int my_gt = 0, my_eq = 0;
+  if (k > 0)
+    for (int bb = b_lo; bb < b_hi; ++bb) {
+      const unsigned int kb = keys[bb];
+      my_gt += kb > T;
+      my_eq += kb == T;
+    }
+  int* sbuf = s.scan + 48;
+  int gt = 0, eq_tot = 0;
+  block_excl_scan(my_gt, sbuf, gt);
+  const int eq_before = block_excl_scan(my_eq, sbuf, eq_tot);
+  const int need_eq = k - gt;
+  auto chosen = [&](int bb, int& rank) {
+    if (bb < init_end || bb >= local_beg) return true;
+    if (k <= 0) return false;
+    const unsigned int kb = keys[bb];
+    if (kb > T) return true;
+    return kb == T && rank++ < need_eq;
+  };
+  int my_chosen = 0, rank = eq_before;
+  for (int bb = b_lo; bb < b_hi; ++bb) my_chosen += chosen(bb, rank);
+  int total = 0;
+  int pos = block_excl_scan(my_chosen, sbuf, total);
+  int32_t* dst = d.idx + (int64_t(b) * p.h + kvh) * g.select_n;
+  rank = eq_before;
+  for (int bb = b_lo; bb < b_hi; ++bb)
+    if (chosen(bb, rank)) dst[pos++] = bb;
+  for (int a = total + int(threadIdx.x); a < g.select_n; a += kFastThreads) dst[a] = -1;
+}
+
 // 1. Compressed chunks (z < sc, with the pooling and the choice) and window chunks.
 __global__ void __launch_bounds__(kFastThreads, 4) fast_stage1_kernel(Params p, FastScratch d, int tiles,
                                                                       int update_cmp, int flags) {
@@ -210,7 +377,8 @@ __global__ void __launch_bounds__(kFastThreads, 4) fast_stage1_kernel(Params p, 
     }
     if (!last_of(&g_tickets[0][b * p.h + kvh], nsplit, s.scan + 60)) return;
     if (flags & kSkipSelect) return;
-    select_step(s, L, p, d, b, kvh, t, nc);
+    if (flags & kOldSteps) select_step(s, L, p, d, b, kvh, t, nc);
+    else select_step_fast(s, L, p, d, b, kvh, t, nc);
     return;
   }
   const int zz = z - d.sc;
@@ -236,7 +404,7 @@ __device__ inline int chosen_keys(const int* sel, const Geometry& g, int t) {
 // The final merge of (b, kvh): every branch's partials in ascending split order
 // (M = max m_z, L = sum l_z exp(m_z - M), o = sum exp(m_z - M) o_z / L), gates, outputs.
 __device__ void combine_step(const Smem& s, const FastLayout& L, const Params& p, const FastScratch& d, int b, int kvh,
-                             int t) {
+                             int t, bool old) {
   const Geometry& g = p.g;
   const int G = L.g, h0 = kvh * G, dv = p.dv;
   const int64_t bh = int64_t(b) * p.h + kvh;
@@ -302,7 +470,41 @@ __device__ void combine_step(const Smem& s, const FastLayout& L, const Params& p
       }
       return a;
     };
-    const float4 a0 = sum_items(0, nsc), a1 = sum_items(nsc, nsc + ns_sel), a2 = sum_items(nsc + ns_sel, items);
+    float4 a0, a1, a2;
+    if (old) {
+      a0 = sum_items(0, nsc);
+      a1 = sum_items(nsc, nsc + ns_sel);
+      a2 = sum_items(nsc + ns_sel, items);
+    } else {
+      // All branches' partials kCombineBatch at a time in flight (3 dependent round trips per
+      // column group were the merge's time), each still added to its branch in ascending order:
+      // the same fmaf sequence per branch as sum_items, so the same bits.
+      a0 = a1 = a2 = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int it0 = 0; it0 < items; it0 += kCombineBatch) {
+        float4 v[kCombineBatch];
+#pragma unroll
+        for (int u = 0; u < kCombineBatch; ++u) {
+          const int it = it0 + u;
+          v[u] = it < items ? __ldcg(reinterpret_cast<const float4*>((it < nsc ? d.co : d.wo) + (item_row(it) + i) * dv + c))
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < kCombineBatch; ++u) {
+          const int it = it0 + u;
+          if (it >= items) break;
+          const float w = iw[it * G + i];
+          auto fma4 = [&](float4& a) {
+            a.x = fmaf(w, v[u].x, a.x);
+            a.y = fmaf(w, v[u].y, a.y);
+            a.z = fmaf(w, v[u].z, a.z);
+            a.w = fmaf(w, v[u].w, a.w);
+          };
+          if (it < nsc) fma4(a0);
+          else if (it < nsc + ns_sel) fma4(a1);
+          else fma4(a2);
+        }
+      }
+    }
     const float g0 = gs[i * 3], g1 = gs[i * 3 + 1], g2 = gs[i * 3 + 2];
     const float lc = ml[G + i], ls = ml[3 * G + i], lw = ml[5 * G + i];
     const float ac[4] = {a0.x, a0.y, a0.z, a0.w}, as[4] = {a1.x, a1.y, a1.z, a1.w};
@@ -352,7 +554,7 @@ __global__ void __launch_bounds__(kFastThreads, 4) fast_stage2_kernel(Params p, 
   write_partial(s, L, p, d.wm, d.wl, d.wo, (bh * d.s_sw + z) * G, o);
   if (!last_of(&g_tickets[1][bh], ns_sel, s.scan + 60)) return;
   if (flags & kSkipCombine) return;
-  combine_step(s, L, p, d, b, kvh, t);
+  combine_step(s, L, p, d, b, kvh, t, (flags & kOldSteps) != 0);
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }

@@ -88,7 +88,7 @@ cudaError_t launch_sel_win(const Params& p, const float* o_cmp, const int32_t* i
 
 size_t scratch_bytes(const Params& p) {
   return ScratchCarver::bytes_for<float>(size_t(p.rows.rows) * p.hq * p.dv) +
-         ScratchCarver::bytes_for<int32_t>(size_t(p.rows.rows) * p.h * p.g.select_n);
+         ScratchCarver::bytes_for<int32_t>(size_t(p.rows.rows) * p.h * p.g.select_n) + cmp_tile_presplit_bytes(p);
 }
 
 bool use_tensor_cores(const Params& p) {
@@ -131,13 +131,15 @@ cudaError_t launch_attention(const Params& p, void* scratch, cudaStream_t stream
   ScratchCarver sc{static_cast<char*>(scratch), 0};
   float* o_cmp = sc.carve<float>(size_t(p.rows.rows) * p.hq * p.dv);
   int32_t* idx = sc.carve<int32_t>(size_t(p.rows.rows) * p.h * p.g.select_n);
+  const size_t pre_bytes = cmp_tile_presplit_bytes(p);
+  void* presplit = pre_bytes > 0 ? sc.carve<char>(pre_bytes) : nullptr;
   const bool tc = kUseTensorCores && use_tensor_cores(p);
   const Knobs& kn = knobs();
   cudaError_t e = cudaSuccess;
   if (!kn.skip_cmp) {
     // Forward rows take the token-tiled kernel (bitwise the same rows); decode rows, and shapes
     // whose tiled shared memory does not fit, the one-row kernel.
-    e = tc && kn.tile_tokens > 0 ? launch_cmp_select_tile(p, o_cmp, idx, kn.tile_tokens, stream)
+    e = tc && kn.tile_tokens > 0 ? launch_cmp_select_tile(p, o_cmp, idx, kn.tile_tokens, presplit, stream)
                                  : cudaErrorNotSupported;
     if (e == cudaErrorNotSupported)
       e = tc ? launch_cmp_select_tc(p, o_cmp, idx, stream) : launch_cmp_select(p, o_cmp, idx, stream);
