@@ -54,19 +54,13 @@ bool fast_enabled() {
   return on;
 }
 
-// The last compressed CTA of (b, kvh): merged max / sum per head, importance per selection
-// block (heads ascending, then overlapping compressed blocks ascending, p = exp(s - M) / L),
-// then the choice: forced blocks, then the k largest importances with ties to the lower index.
-// The k-th largest key (importance bits + 1, monotone for importances >= 0; 0 for forced
-// blocks) is found exactly by a bitwise search, one barrier a bit; blocks above it are taken,
-// then the lowest-index ones equal to it.
-__device__ void select_step(const Smem& s, const FastLayout& L, const Params& p, const FastScratch& d, int b, int kvh,
-                            int t, int nc) {
-  const Geometry& g = p.g;
-  const int G = L.g;
-  const int nsplit = nc > 0 ? (nc + d.chunk - 1) / d.chunk : 0;
-  float* imp = s.region;                  // [nsel_max]
-  float* mm = imp + d.nsel_max;           // [sc][G]
+// The compressed chunks' (m, l) of this (sequence, KV head) merged per head in ascending chunk
+// order into region[nsel_max + 2 sc G ..]: [G] M = max m_z, then [G] L = sum l_z exp(m_z - M)
+// (kInverse: 1 / L). The chunks' values are staged at region[nsel_max ..] ([sc][G] m, [sc][G] l).
+template <bool kInverse>
+__device__ __forceinline__ void merge_cmp_stats(const Smem& s, const Params& p, const FastScratch& d, int b, int kvh,
+                                                int G, int nsplit) {
+  float* mm = s.region + d.nsel_max;      // [sc][G]
   float* ll = mm + size_t(d.sc) * G;      // [sc][G]
   float* sm = ll + size_t(d.sc) * G;      // [G]
   float* sl = sm + G;                     // [G]
@@ -82,9 +76,26 @@ __device__ void select_step(const Smem& s, const FastLayout& L, const Params& p,
     float l = 0.f;
     for (int z = 0; z < nsplit; ++z) l += ll[z * G + i] * expf(mm[z * G + i] - m);
     sm[i] = m;
-    sl[i] = l;
+    sl[i] = kInverse ? 1.f / l : l;
   }
   __syncthreads();
+}
+
+// The last compressed CTA of (b, kvh): merged max / sum per head, importance per selection
+// block (heads ascending, then overlapping compressed blocks ascending, p = exp(s - M) / L),
+// then the choice: forced blocks, then the k largest importances with ties to the lower index.
+// The k-th largest key (importance bits + 1, monotone for importances >= 0; 0 for forced
+// blocks) is found exactly by a bitwise search, one barrier a bit; blocks above it are taken,
+// then the lowest-index ones equal to it.
+__device__ void select_step(const Smem& s, const FastLayout& L, const Params& p, const FastScratch& d, int b, int kvh,
+                            int t, int nc) {
+  const Geometry& g = p.g;
+  const int G = L.g;
+  const int nsplit = nc > 0 ? (nc + d.chunk - 1) / d.chunk : 0;
+  float* imp = s.region;                  // [nsel_max]
+  float* sm = imp + d.nsel_max + 2 * size_t(d.sc) * G;  // [G]
+  float* sl = sm + G;                     // [G]
+  merge_cmp_stats<false>(s, p, d, b, kvh, G, nsplit);
   const int nsel = t / g.select_len + 1;
   const float* scores = d.scores + (int64_t(b) * p.h + kvh) * G * d.max_nc;  // [G, max_nc]
   // Rolled loops on purpose: this step runs once per (sequence, KV head) on the critical path,
@@ -191,25 +202,9 @@ __device__ void select_step_fast(const Smem& s, const FastLayout& L, const Param
   const int G = L.g;
   const int nsplit = nc > 0 ? (nc + d.chunk - 1) / d.chunk : 0;
   float* imp = s.region;                  // [nsel_max], becomes the keys
-  float* mm = imp + d.nsel_max;           // [sc][G]
-  float* ll = mm + size_t(d.sc) * G;      // [sc][G]
-  float* sm = ll + size_t(d.sc) * G;      // [G] merged max
-  float* si = sm + G;                     // [G] 1 / merged sum
-  const int64_t row0 = (int64_t(b) * p.h + kvh) * d.sc * G;
-  for (int e = threadIdx.x; e < nsplit * G; e += kFastThreads) {
-    mm[e] = __ldcg(d.cm + row0 + e);
-    ll[e] = __ldcg(d.cl + row0 + e);
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < G; i += kFastThreads) {
-    float m = -INFINITY;
-    for (int z = 0; z < nsplit; ++z) m = fmaxf(m, mm[z * G + i]);
-    float l = 0.f;
-    for (int z = 0; z < nsplit; ++z) l += ll[z * G + i] * expf(mm[z * G + i] - m);
-    sm[i] = m;
-    si[i] = 1.f / l;  // unused when no block is visible (l = 0)
-  }
-  __syncthreads();
+  float* sm = imp + d.nsel_max + 2 * size_t(d.sc) * G;  // [G] merged max
+  float* si = sm + G;                     // [G] 1 / merged sum (unused when no block is visible)
+  merge_cmp_stats<true>(s, p, d, b, kvh, G, nsplit);
   const int nsel = t / g.select_len + 1;
   const float* scores = d.scores + (int64_t(b) * p.h + kvh) * G * d.max_nc;  // [G, max_nc]
   for (int base = 0; base < nsel; base += kSelR * kFastThreads) {
