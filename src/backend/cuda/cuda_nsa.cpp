@@ -186,7 +186,7 @@ Status CudaBackend::nsa_decode(const ops::NsaDecodeParams& p) {
   if (knsa::decode_fast_supported(k)) {
     void* base = get(knsa::decode_fast_scratch_bytes(k));
     if (base == nullptr) return c.fail("out of device memory for scratch");
-    return cuda_status(knsa::launch_decode_fast(k, p.update_cmp, base, stream_),
+    return cuda_status(knsa::launch_decode_fast(k, p.update_cmp, base, counters() + kernels::kCountersNsaDecode, stream_),
                        "cuda nsa_decode: tensor-core attention launch");
   }
   const bool split = knsa::decode_split_supported(k);

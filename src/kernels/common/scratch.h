@@ -10,7 +10,9 @@ namespace moex::kernels {
 // each has a fixed range of Scratch::counters().
 constexpr size_t kCountersMoeDecode = 0;     // moe_decode_fused.cu: ready [512], tickets [1024], exit [1]
 constexpr size_t kCountersMoeDecodeSize = 2048;
-constexpr size_t kCountersTotal = kCountersMoeDecode + kCountersMoeDecodeSize;
+constexpr size_t kCountersNsaDecode = kCountersMoeDecode + kCountersMoeDecodeSize;  // nsa_decode_fast.cu
+constexpr size_t kCountersNsaDecodeSize = 2 * 65536;  // [stage][B x H]
+constexpr size_t kCountersTotal = kCountersNsaDecode + kCountersNsaDecodeSize;
 
 class Scratch {
  public:

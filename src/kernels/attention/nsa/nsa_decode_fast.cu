@@ -14,11 +14,11 @@ namespace {
 
 using namespace fast;
 
-// Ticket counters of the two stages, one per (sequence, KV head). Zero at load; the last CTA
-// of a (sequence, KV head) sets its counter back to 0, so every launch finds them at 0. Calls
-// on one device must therefore not overlap: one backend orders its calls on its stream; two
-// backends on one GPU driven from two host threads are not supported yet.
-__device__ unsigned int g_tickets[2][kFastMaxHeads];
+// Ticket counters of the two stages, one per (sequence, KV head): the calling backend's
+// (Scratch::counters, FastScratch::tickets), zero at its creation; the last CTA of a (sequence,
+// KV head) sets its counter back to 0, so every launch finds them at 0. One backend orders its
+// calls on its stream, and another backend on the same GPU counts in its own.
+static_assert(2 * size_t(kFastMaxHeads) <= kCountersNsaDecodeSize, "counter range");
 
 int env_tiles() {  // tiles of kFastTile keys per CTA (a constant of the process: bits never
                    // depend on the batch)
@@ -370,7 +370,7 @@ __global__ void __launch_bounds__(kFastThreads, 4) fast_stage1_kernel(Params p, 
                    scores, d.max_nc, o);
       write_partial(s, L, p, d.cm, d.cl, d.co, ((int64_t(b) * p.h + kvh) * d.sc + z) * G, o);
     }
-    if (!last_of(&g_tickets[0][b * p.h + kvh], nsplit, s.scan + 60)) return;
+    if (!last_of(&d.tickets[b * p.h + kvh], nsplit, s.scan + 60)) return;
     if (flags & kSkipSelect) return;
     if (flags & kOldSteps) select_step(s, L, p, d, b, kvh, t, nc);
     else select_step_fast(s, L, p, d, b, kvh, t, nc);
@@ -547,7 +547,7 @@ __global__ void __launch_bounds__(kFastThreads, 4) fast_stage2_kernel(Params p, 
                },
                nullptr, 0, o);
   write_partial(s, L, p, d.wm, d.wl, d.wo, (bh * d.s_sw + z) * G, o);
-  if (!last_of(&g_tickets[1][bh], ns_sel, s.scan + 60)) return;
+  if (!last_of(&d.tickets[kFastMaxHeads + bh], ns_sel, s.scan + 60)) return;
   if (flags & kSkipCombine) return;
   combine_step(s, L, p, d, b, kvh, t, (flags & kOldSteps) != 0);
 }
@@ -582,7 +582,8 @@ bool decode_fast_supported(const Params& p) {
 
 size_t decode_fast_scratch_bytes(const Params& p) { return FastLayout(p, env_tiles()).scratch_bytes(p); }
 
-cudaError_t launch_decode_fast(const Params& p, bool update_cmp, void* scratch, cudaStream_t stream) {
+cudaError_t launch_decode_fast(const Params& p, bool update_cmp, void* scratch, unsigned int* counters,
+                               cudaStream_t stream) {
   if (p.rows.rows == 0) return cudaSuccess;
   const int tiles = env_tiles(), flags = env_flags();
   const FastLayout L(p, tiles);
@@ -596,6 +597,7 @@ cudaError_t launch_decode_fast(const Params& p, bool update_cmp, void* scratch, 
   d.s_sw = L.s_sw;
   d.chunk = L.chunk;
   d.nsel_max = L.nsel_max;
+  d.tickets = counters;
   d.scores = sc.carve<float>(bh * L.g * L.nc_alloc);
   d.cm = sc.carve<float>(bh * L.sc * L.g);
   d.cl = sc.carve<float>(bh * L.sc * L.g);

@@ -34,6 +34,7 @@ struct FastScratch {
   float* cl = nullptr;      // [B, H, sc, G] compressed partial sum
   float* co = nullptr;      // [B, H, sc, G, Dv] compressed partial output (unnormalised)
   int32_t* idx = nullptr;   // [B, H, n] chosen blocks
+  unsigned int* tickets = nullptr;  // [2][kFastMaxHeads] the backend's counters, zero between calls
   float* wm = nullptr;      // [B, H, s_sw, G] selected (splits [0, s_sel)) then window partials
   float* wl = nullptr;      // [B, H, s_sw, G]
   float* wo = nullptr;      // [B, H, s_sw, G, Dv]

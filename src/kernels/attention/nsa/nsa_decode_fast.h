@@ -32,6 +32,9 @@ bool decode_fast_supported(const Params& p);
 size_t decode_fast_scratch_bytes(const Params& p);
 // update_cmp: write the compressed block the new token closes (the separate compress launch
 // is not needed on this path).
-cudaError_t launch_decode_fast(const Params& p, bool update_cmp, void* scratch, cudaStream_t stream);
+// counters: [2 * kFastMaxHeads] zero-initialised arrival counters of the calling backend
+// (Scratch::counters), left at zero.
+cudaError_t launch_decode_fast(const Params& p, bool update_cmp, void* scratch, unsigned int* counters,
+                               cudaStream_t stream);
 
 }  // namespace moex::kernels::nsa
