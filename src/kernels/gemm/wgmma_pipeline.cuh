@@ -107,8 +107,12 @@ __device__ void wg_tile(const WgSmem<Cfg>& s, int K, int rows = Cfg::BM) {
   using bf16 = __nv_bfloat16;
   constexpr int kBK = kPipeBK;
   constexpr int kARows = Cfg::BM / 32, kBRows = Cfg::BN / 32;  // rows each thread loads
-  const int tid = threadIdx.x, wgi = tid >> 7;
-  const bool mma_on = wgi * 64 < rows;  // uniform per warpgroup
+  // The warpgroup index and its "issues wgmma" flag are warp-uniform; reading them through a
+  // shuffle tells ptxas so. Computed per thread, the wgmma path looked divergent to it and it
+  // serialized the 128x256 tiles' wgmmas (ptxas C7518 on dense_wg_kernel and the MoE WgWide
+  // kernels; found by gemm5). Same instructions, same bits.
+  const int tid = threadIdx.x, wgi = __shfl_sync(0xffffffffu, tid >> 7, 0);
+  const bool mma_on = __shfl_sync(0xffffffffu, wgi * 64 < rows, 0);  // uniform per warpgroup
   const int lrow = tid >> 3, lchunk = tid & 7;
   const uint32_t ld_off = uint32_t(lrow * 128 + ((lchunk ^ (lrow & 7)) << 4));
   const bf16* a_src[kARows];  // [kARows] A rows lrow + 32 i, each [K], or nullptr
