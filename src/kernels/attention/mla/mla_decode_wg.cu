@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_wg_kernel(Args a) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const uint64_t dv = desc_sw128_mn(kb + wg * 4 * kBlockBytes + kk * 2048, kBlockBytes, 1024);
-      wgmma_m64n256k16_bt(o, dp + 2 * kk, dv);
+      gemm::wg::wgmma_m64n256k16<1>(o, dp + 2 * kk, dv);
     }
     gemm::wg::commit();
     gemm::wg::wait<0>();
