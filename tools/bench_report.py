@@ -42,7 +42,8 @@ def latest_records(records):
 
 
 def series_label(r):
-    return "%s@%s" % (r.get("impl", "?"), str(r.get("commit", "?"))[:8])
+    label = "%s@%s" % (r.get("impl", "?"), str(r.get("commit", "?"))[:8])
+    return label + (" (%s)" % r["variant"] if r.get("variant") else "")
 
 
 def fmt(v, digits=2):
