@@ -92,6 +92,9 @@ class Backend {
   // Backends without graphs refuse.
   virtual Status begin_capture() { return unsupported(name() + ": no graph capture"); }
   virtual Expected<std::unique_ptr<StepGraph>> end_capture() { return unsupported(name() + ": no graph capture"); }
+  // Changes whenever memory that a captured graph may address moves (the CUDA backend's scratch
+  // block grows, freeing the old one): a graph captured under another value must not be replayed.
+  virtual uint64_t capture_generation() const { return 0; }
 
   // Fused small ops (ops/fused.h): the values of their defining op sequence on this backend.
   virtual Status add_rms_norm(const ops::AddRmsNormParams& p) = 0;

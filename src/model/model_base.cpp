@@ -511,6 +511,9 @@ Status ModelBase::forward_graph(const ForwardBatch& batch_in, const LogitsConsum
     g->rows = rows;
   }
   if (g->recorded) g->ws.rewind();
+  // A graph holds the addresses of the backend's scratch at capture time; when the scratch has
+  // moved since (a larger prefill grew it), the graph is captured again.
+  if (g->graph && g->generation != backend_.capture_generation()) g->graph.reset();
   StepInputs step;
   MOEX_RETURN_IF_ERROR(upload_step(batch, g->ws, &step));  // into the recorded buffers after the first step
   if (g->graph) {
@@ -523,10 +526,13 @@ Status ModelBase::forward_graph(const ForwardBatch& batch_in, const LogitsConsum
     Expected<std::unique_ptr<StepGraph>> graph = backend_.end_capture();
     if (out.has_value() && graph.has_value()) {
       g->graph = std::move(*graph);
+      g->generation = backend_.capture_generation();
       MOEX_RETURN_IF_ERROR(g->graph->replay());
     } else {
-      // The capture was refused (an op that allocates or waits): this shape runs eagerly.
-      g->eager_only = true;
+      // The capture was refused (an op that allocates, grows the scratch or waits): this step
+      // runs eagerly (growing the scratch if that was it), the next one tries again, and after
+      // a second refusal the shape stays eager.
+      g->eager_only = ++g->refusals >= 2;
       g->ws.rewind();
       MOEX_RETURN_IF_ERROR(upload_step(batch, g->ws, &step));
       MOEX_ASSIGN_OR_RETURN(g->out, forward_body(step, g->ws, rows));

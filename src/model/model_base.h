@@ -147,6 +147,8 @@ class ModelBase : public Model {
     Workspace ws;
     Tensor out;                         // [rows, vocab] f32 inside ws
     std::unique_ptr<StepGraph> graph;   // set from the second step of the shape on
+    uint64_t generation = 0;            // backend capture_generation() when graph was captured
+    int refusals = 0;                   // captures refused; eager for good after two
     bool recorded = false, eager_only = false;
   };
   // Keeps at most kMaxStepGraphs shapes and kStepGraphBytes of their workspaces (the oldest go).

@@ -31,13 +31,16 @@ Expected<std::unique_ptr<Engine>> make_engine(const std::string& fixture, const 
   return e;
 }
 
-// Logits of a prefill of two sequences, 6 decode steps of both, then 4 decode steps of the
-// second alone (fixed next tokens).
+// Logits of a prefill of two sequences, 6 decode steps of both, 4 decode steps of the second
+// alone, then a 400-token prefill of a third sequence (it grows the backend's scratch, which the
+// second sequence's captured graph addressed: that graph must be captured again, not replayed)
+// and 3 more decode steps of the second alone (fixed next tokens).
 std::vector<float> trace(Engine& e) {
   const int64_t vocab = e.model().config().vocab_size;
-  std::vector<Sequence> seqs(2);
+  std::vector<Sequence> seqs(3);
   for (int i = 0; i < 2; ++i)
     for (int j = 0; j < 21 + 9 * i; ++j) seqs[size_t(i)].tokens.push_back(int32_t((j * 37 + i * 11 + 3) % vocab));
+  for (int j = 0; j < 400; ++j) seqs[2].tokens.push_back(int32_t((j * 13 + 7) % vocab));
   std::vector<float> logits, all;
   auto run = [&](std::vector<Sequence*> ptrs, int steps) {
     for (int step = 0; step < steps; ++step) {
@@ -51,7 +54,10 @@ std::vector<float> trace(Engine& e) {
   run({&seqs[0], &seqs[1]}, 7);
   e.release(&seqs[0]);
   run({&seqs[1]}, 4);
+  run({&seqs[2]}, 1);
+  run({&seqs[1]}, 3);
   e.release(&seqs[1]);
+  e.release(&seqs[2]);
   return all;
 }
 

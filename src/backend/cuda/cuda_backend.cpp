@@ -60,6 +60,7 @@ void* CudaBackend::get(size_t bytes) {
   constexpr size_t kGranule = size_t(1) << 20;
   const size_t want = (bytes + kGranule - 1) / kGranule * kGranule;
   if (scratch_) cudaFreeAsync(scratch_, stream_);
+  ++scratch_generation_;  // graphs captured with the old block must not replay
   scratch_ = nullptr;
   scratch_bytes_ = 0;
   if (cudaMallocAsync(&scratch_, want, stream_) != cudaSuccess) {

@@ -29,6 +29,7 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   Status fill(void* dst, uint8_t byte, size_t bytes) override;
   Status synchronize() override;
   Status begin_capture() override;                          // cuda_graph.cpp
+  uint64_t capture_generation() const override { return scratch_generation_; }
   Expected<std::unique_ptr<StepGraph>> end_capture() override;  // cuda_graph.cpp
 
   Status embedding(const ops::EmbeddingParams& p) override;
@@ -63,6 +64,7 @@ class CudaBackend final : public Backend, private kernels::Scratch {
   std::string name_;
   void* scratch_ = nullptr;  // grown stream-ordered (cudaMallocAsync), never shrunk
   size_t scratch_bytes_ = 0;
+  uint64_t scratch_generation_ = 0;  // bumped whenever scratch_ moves (capture_generation)
   unsigned int* counters_;   // [kernels::kCountersTotal], zeroed at creation
   bool capturing_ = false;   // between begin_capture and end_capture: no alloc, no scratch growth
   std::vector<void*> deferred_frees_;  // buffers released during a capture
