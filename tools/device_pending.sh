@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The checks that session 5 could not run (device lending paused): one call each phase, after
 # tools/device_round.sh (or this script's phase "build") has built build-device.
-#   tools/device_pending.sh OUTDIR build|tests|pdl|mla|gemm [...]
+#   tools/device_pending.sh OUTDIR build|tests|pdl|pdl_e2e|mla|gemm [...]
 # build: configure + build everything (CUDA on, .deps/prefix).
 # tests: the whole GPU label (NSA tickets in backend counters, wg_tile through __shfl_sync, the
 #        shared MLA combine, PdlLogits with MOEX_PDL toggled inside the test).
-# pdl:   e2e Qwen3-30B-A3B and DeepSeek-V2-Lite, MOEX_PDL=0 / 1 alternated twice (decide the default).
+# pdl:   GEMM / attention / MoE tests under MOEX_PDL=1, decode GEMM bench --check under 0 and 1.
+# pdl_e2e: e2e Qwen3-30B-A3B and DeepSeek-V2-Lite, MOEX_PDL=0 / 1 alternated twice (decide the default).
 # mla:   the wgmma MLA decode with MOEX_MLA_WG=1: MLA tests, the 268-case test set, bench A/B
 #        with --check (decide kMlaWgDefault).
 # gemm:  roofline, then the prefill GEMMs after the C7518 fix: matmul 4096 cases and the
@@ -45,6 +46,16 @@ for phase in "$@"; do
       grep -E "\((Failed|Timeout)" "$d/gpu_tests.log" | head -20 | tee -a "$summary"
       ;;
     pdl)
+      # Correctness first: the GEMM / attention / MoE tests with every launch a programmatic
+      # dependent (large block rings, lm_head, wide routers, which PdlLogits' fixtures do not reach),
+      # and the decode GEMM cases with --check under both settings.
+      MOEX_PDL=1 step "$d/tests_pdl1.log" 300 "$tests/test_cuda_ops" --gtest_filter='*atmul*:*Gemm*:*Attention*:*Moe*:*MoE*'
+      for p in 0 1; do
+        MOEX_PDL=$p step "$d/matmul_decode_pdl$p.log" 120 $moex bench ops --op matmul --device cuda --check \
+          --cases bench/cases/matmul_decode.json --out "$d/matmul_pdl$p"
+      done
+      ;;
+    pdl_e2e)
       n=0
       for m in qwen3_30b_a3b deepseek_v2_lite; do
         for p in 0 1 0 1; do

@@ -83,19 +83,26 @@ inline ops::PagedSeqs seqs_of(const Tensor& bt, const Tensor& lens, const Tensor
 }
 
 // Sets one environment knob (a kernel variant read at each call) for the scope; nullptr unsets
-// it. The destructor unsets it.
+// it. The destructor restores the previous value (or unsets it).
 class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
     if (value != nullptr) setenv(name, value, 1);
     else unsetenv(name);
   }
-  ~ScopedEnv() { unsetenv(name_); }
+  ~ScopedEnv() {
+    if (had_) setenv(name_.c_str(), old_.c_str(), 1);
+    else unsetenv(name_.c_str());
+  }
   ScopedEnv(const ScopedEnv&) = delete;
   ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
-  const char* name_;
+  std::string name_, old_;
+  bool had_ = false;
 };
 
 }  // namespace moex::test

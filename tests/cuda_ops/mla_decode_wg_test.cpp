@@ -18,25 +18,6 @@ constexpr int kDk = kMlaDk, kRank = kMlaRank;
 constexpr double kTolBf16 = 5e-3;
 using Seq = MlaSeq;
 
-// Sets an environment variable for the scope of a test and restores the previous value.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_.c_str(), old_.c_str(), 1);
-    else unsetenv(name_.c_str());
-  }
-
- private:
-  std::string name_, old_;
-  bool had_ = false;
-};
-
 class MlaDecodeWgTest : public CudaOpsTest {
  protected:
   void check(const std::string& name, const std::vector<Seq>& seqs, int heads, int page_size, int64_t extra_cols = 1) {

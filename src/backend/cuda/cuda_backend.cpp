@@ -36,7 +36,10 @@ Expected<std::unique_ptr<Backend>> CudaBackend::create(int device_index) {
   unsigned int* counters = nullptr;
   const size_t counter_bytes = kernels::kCountersTotal * sizeof(unsigned int);
   err = cudaMalloc(&counters, counter_bytes);
-  if (err == cudaSuccess) err = cudaMemset(counters, 0, counter_bytes);
+  // On the backend's stream (non-blocking: not ordered after the legacy stream), and waited
+  // for, so every kernel that counts in them finds zeros.
+  if (err == cudaSuccess) err = cudaMemsetAsync(counters, 0, counter_bytes, stream);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
   if (err != cudaSuccess) {
     if (counters != nullptr) cudaFree(counters);
     cudaStreamDestroy(stream);

@@ -167,7 +167,8 @@ cudaError_t launch_cfg(const RouterArgs& a, int batch, cudaStream_t stream) {
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(unsigned((a.n + Cfg::TN - 1) / Cfg::TN), unsigned((a.m + Cfg::TM - 1) / Cfg::TM), unsigned(batch));
-  return pdl::launch(kernel, grid, dim3(32 * Cfg::NW), size_t(smem), stream, pdl::enabled(), a, pdl::enabled());
+  const bool pdl = pdl::enabled();  // read once: the attribute and the kernel's wait must agree
+  return pdl::launch(kernel, grid, dim3(32 * Cfg::NW), size_t(smem), stream, pdl, a, pdl);
 }
 
 }  // namespace

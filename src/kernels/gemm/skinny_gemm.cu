@@ -52,7 +52,10 @@ __global__ void __launch_bounds__(32 * W) skinny_warp_kernel(SkinnyArgs a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint32_t ring = ptx::smem_addr(smem_raw) + uint32_t(warp * kWarpBytes);  // this warp's stages
   const int b = blockIdx.y, n0 = (blockIdx.x * W + warp) * kRows;
-  if (n0 >= a.n) return;  // whole warp past n (no block barrier below)
+  // Whole warp past n: it touches nothing, so it may leave before the PDL wait (blocks are one
+  // warp, W = 1, so no block has a warp that waits and one that does not).
+  static_assert(W == 1, "the early return below assumes one warp per block");
+  if (n0 >= a.n) return;  // (no block barrier below)
   const bf16* x = static_cast<const bf16*>(a.x) + b * a.sxb;  // [m, k]
   const bf16* w = static_cast<const bf16*>(a.w) + b * a.swb;  // [n, k]
   if (a.pdl) {  // this warp's weight rows into L2 while the kernel before finishes, then wait

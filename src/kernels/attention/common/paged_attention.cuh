@@ -217,8 +217,9 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(AttnArgs a) {
 // keys: 60 us with one load per step).
 template <class TO>
 __global__ void attn_combine_kernel(AttnArgs a) {
-  // Launched as a programmatic dependent of the split kernel (pdl.cuh): the next kernel (o_proj)
-  // may start prefetching its weights now; the partials are read after the wait.
+  // Launched as a programmatic dependent of the split kernel (pdl.cuh): once every combine block
+  // has started, the next kernel (o_proj) may start prefetching its weights; the partials are
+  // read after the wait.
   pdl::trigger();
   pdl::wait();
   extern __shared__ float combine_smem[];
@@ -323,6 +324,8 @@ cudaError_t run_attention(AttnArgs a, int n, Scratch& scratch, cudaStream_t stre
       if (err != cudaSuccess) return err;
     } else {
       attn_split_kernel<TQ, TKV, kDVJ><<<grid, kThreads, smem, stream>>>(a);
+      err = cudaGetLastError();  // the combine's cudaLaunchKernelEx reports only its own launch
+      if (err != cudaSuccess) return err;
     }
     err = pdl::launch(attn_combine_kernel<TO>, dim3(unsigned(a.tokens * a.heads_q)), dim3(128), combine_smem, stream,
                       pdl::enabled(), a);
