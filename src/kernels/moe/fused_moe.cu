@@ -8,6 +8,7 @@
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/mma_pipeline.cuh"
 #include "kernels/gemm/mma_tile.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/gemm/wgmma_pipeline.cuh"
 #include "kernels/moe/moe.h"
 #include "kernels/moe/moe_combine.cuh"
@@ -447,24 +448,16 @@ moe::PartKind moe_part_kind(DType out) {
 
 cudaError_t launch_moe_combine(const moe::CombineArgs& c, moe::PartKind kind, DType out, int tokens, bool pdl_wait,
                                cudaStream_t stream) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(unsigned(tokens));
-  cfg.blockDim = dim3(moe::kCombineThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_wait ? 1 : 0;
+  const dim3 grid{unsigned(tokens)}, block{unsigned(moe::kCombineThreads)};
   cudaError_t err = cudaErrorInvalidValue;
   dispatch_act(out, [&](auto to) {
     using TO = decltype(to);
     if (kind == moe::PartKind::kBF16) {
-      err = pdl_wait ? cudaLaunchKernelEx(&cfg, moe::combine_kernel<TO, bf16, true>, c)
-                     : cudaLaunchKernelEx(&cfg, moe::combine_kernel<TO, bf16, false>, c);
+      err = pdl_wait ? pdl::launch(moe::combine_kernel<TO, bf16, true>, grid, block, 0, stream, true, c)
+                     : pdl::launch(moe::combine_kernel<TO, bf16, false>, grid, block, 0, stream, false, c);
     } else {
-      err = pdl_wait ? cudaLaunchKernelEx(&cfg, moe::combine_kernel<TO, float, true>, c)
-                     : cudaLaunchKernelEx(&cfg, moe::combine_kernel<TO, float, false>, c);
+      err = pdl_wait ? pdl::launch(moe::combine_kernel<TO, float, true>, grid, block, 0, stream, true, c)
+                     : pdl::launch(moe::combine_kernel<TO, float, false>, grid, block, 0, stream, false, c);
     }
   });
   return err;

@@ -24,6 +24,7 @@
 #include <utility>
 
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/moe/moe.h"
 #include "kernels/moe/moe_combine.cuh"
 #include "kernels/moe/moe_decode.h"
@@ -106,23 +107,6 @@ bool pdl_setting() {
   return v;
 }
 
-// cudaLaunchKernelEx with the programmatic-stream-serialization attribute when `pdl`.
-template <class... Params, class... Args>
-cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, bool pdl, cudaStream_t stream,
-                   Args&&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
-}
-
 // Above 48 KiB a block must opt in.
 // The full carveout lets five 4-stage blocks share an SM.
 template <class Kernel>
@@ -141,10 +125,11 @@ cudaError_t launch_gemms(const DecodeArgs& a, bool pdl, cudaStream_t stream) {
   if (attr != cudaSuccess) return attr;
   const int ranks = std::min(a.slots, a.local_experts);
   // The gate/up kernel follows whatever wrote x and topk_ids: an ordinary launch.
-  cudaError_t e = launch(moe_decode_gate_up_kernel<MT, SA>, dim3(a.inter / 32, ranks), dim3(kThreads), kSmemA, false,
-                         stream, a);
+  cudaError_t e = pdl::launch(moe_decode_gate_up_kernel<MT, SA>, dim3(a.inter / 32, ranks), dim3(kThreads), kSmemA,
+                              stream, false, a);
   if (e != cudaSuccess) return e;
-  return launch(moe_decode_down_kernel<MT, SB>, dim3(a.hidden / kRows, ranks), dim3(kThreads), kSmemB, pdl, stream, a);
+  return pdl::launch(moe_decode_down_kernel<MT, SB>, dim3(a.hidden / kRows, ranks), dim3(kThreads), kSmemB, stream, pdl,
+                     a);
 }
 
 template <int SA>
