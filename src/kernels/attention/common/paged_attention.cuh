@@ -13,6 +13,7 @@
 #include "kernels/common/device_info.h"
 #include "kernels/common/dtype.cuh"
 #include "kernels/common/pdl.cuh"
+#include "kernels/common/search.cuh"
 
 namespace moex::kernels::attention {
 
@@ -49,11 +50,7 @@ struct RowRange {
 };
 
 __device__ inline RowRange row_range(const AttnArgs& a, int t) {
-  int lo_i = 0, hi_i = a.num_seqs - 1;  // last i with query_start[i] <= t
-  while (lo_i < hi_i) {
-    const int mid = (lo_i + hi_i + 1) / 2;
-    if (a.query_start[mid] <= t) lo_i = mid; else hi_i = mid - 1;
-  }
+  const int lo_i = upper_index(a.query_start, a.num_seqs, t);
   RowRange r;
   r.seq = lo_i;
   r.pos = a.seq_lens[lo_i] - (a.query_start[lo_i + 1] - t);

@@ -34,9 +34,9 @@
 #include "kernels/attention/mla/mla_decode_tc.h"
 #include "kernels/attention/mla/mla_decode_wg.h"
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/search.cuh"
 #include "kernels/gemm/ptx.cuh"
 #include "kernels/common/device_info.h"
-#include "kernels/common/dtype.cuh"
 
 namespace moex::kernels {
 namespace mla_tc {
@@ -142,11 +142,7 @@ struct Group {
   int seq, g0, g1;
 };
 __device__ inline Group group_of(const Args& a, int t) {
-  int lo = 0, hi = a.num_seqs - 1;  // last i with query_start[i] <= t
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (a.query_start[mid] <= t) lo = mid; else hi = mid - 1;
-  }
+  const int lo = upper_index(a.query_start, a.num_seqs, t);
   Group g{lo, t, t + 1};
   const int q0 = a.query_start[lo], q1 = a.query_start[lo + 1];
   if (q1 - q0 <= a.max_group) {

@@ -28,6 +28,7 @@
 #include "kernels/attention/mla/mla_decode_wg.h"
 #include "kernels/attention/mla/mla_wgmma.cuh"
 #include "kernels/common/dtype.cuh"
+#include "kernels/common/search.cuh"
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/ptx.cuh"
 #include "kernels/gemm/wgmma_ptx.cuh"
@@ -76,15 +77,6 @@ struct Args {
   float* lse; int64_t s_lse;                       // lse [n, heads] or nullptr
 };
 
-__device__ inline int seq_of(const Args& a, int t) {
-  int lo = 0, hi = a.num_seqs - 1;  // last i with query_start[i] <= t
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (a.query_start[mid] <= t) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
 // Byte offset of 16-byte chunk c (of 72) of row j in a swizzled tile: block c / 8, row j at
 // j * 128, chunk c % 8 stored at (c % 8) ^ (j % 8) (the wgmma 128-byte swizzle).
 __device__ __forceinline__ uint32_t tile_off(int j, int c) {
@@ -104,7 +96,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_wg_kernel(Args a) {
   const int tid = threadIdx.x, wg = tid >> 7, wq = (tid >> 5) & 3, lane = tid & 31;
   const int tl = blockIdx.x / a.head_groups, h0 = (blockIdx.x % a.head_groups) * kRows;
   const int t = a.token0 + tl, split = blockIdx.y;
-  const int seq = seq_of(a, t);
+  const int seq = upper_index(a.query_start, a.num_seqs, t);
   const int pos = a.seq_lens[seq] - (a.query_start[seq + 1] - t);  // the token's causal position
   const int kbeg = split * a.split_keys;
   const int kend = min(pos + 1, kbeg + a.split_keys);

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/attention/nsa/nsa.h"
+#include "kernels/common/search.cuh"
 
 namespace moex::kernels::nsa {
 
@@ -13,16 +14,6 @@ __device__ __forceinline__ float ld(const FloatRef& r, int64_t i) {
 __device__ __forceinline__ void st(const FloatRef& r, int64_t i, float v) {
   if (r.bf16) static_cast<__nv_bfloat16*>(r.p)[i] = __float2bfloat16_rn(v);
   else static_cast<float*>(r.p)[i] = v;
-}
-
-// Last i in [0, n) with a[i] <= x (a ascending, a[0] <= x).
-__device__ __forceinline__ int upper_index(const int32_t* a, int n, int x) {
-  int lo = 0, hi = n - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (a[mid] <= x) lo = mid; else hi = mid - 1;
-  }
-  return lo;
 }
 
 struct RowPos {
