@@ -5,34 +5,17 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "common/engine_knobs.h"
 #include "runtime/engine.h"
 
 namespace moex {
 namespace {
 
-std::string fixture_dir(const std::string& name) { return std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/models/" + name; }
-
-// The model reads the knob when it is built, so the engine is created under it.
-Expected<std::unique_ptr<Engine>> make_engine(const std::string& fixture, const std::string& device, bool fused) {
-  if (fused) {
-    unsetenv("MOEX_FUSED_SMALL_OPS");
-  } else {
-    setenv("MOEX_FUSED_SMALL_OPS", "0", 1);
-  }
-  EngineOptions o;
-  o.model_dir = fixture_dir(fixture);
-  o.device = device;
-  o.page_size = 16;
-  o.max_context = 512;
-  auto e = Engine::create(o);
-  unsetenv("MOEX_FUSED_SMALL_OPS");
-  return e;
-}
+using test::engine_under_knob;
+using test::expect_same_logit_bits;
 
 // Logits of a 2-sequence batch: a prefill, then 4 greedy-free decode steps (fixed next tokens).
 std::vector<float> trace(Engine& e) {
@@ -58,22 +41,17 @@ class FusedSmallOps : public ::testing::TestWithParam<const char*> {};
 TEST_P(FusedSmallOps, LogitsAreBitIdenticalWithAndWithoutFusion) {
   for (const char* device : {"cuda", "cpu"}) {
     SCOPED_TRACE(std::string(GetParam()) + " on " + device);
-    auto fused = make_engine(GetParam(), device, true);
+    // The knob is read when the model is built: unset = fused (the default), 0 = separate ops.
+    auto fused = engine_under_knob(GetParam(), device, "MOEX_FUSED_SMALL_OPS", nullptr);
     if (!fused && std::string(device) == "cuda") {
       std::printf("no CUDA device (or moex built without CUDA): the GPU half of this test did not run\n");
       continue;
     }
     ASSERT_TRUE(fused.has_value()) << fused.status().message();
-    auto separate = make_engine(GetParam(), device, false);
+    auto separate = engine_under_knob(GetParam(), device, "MOEX_FUSED_SMALL_OPS", "0");
     ASSERT_TRUE(separate.has_value()) << separate.status().message();
     const std::vector<float> a = trace(**fused), b = trace(**separate);
-    ASSERT_FALSE(a.empty());
-    ASSERT_EQ(a.size(), b.size());
-    size_t first_diff = a.size();
-    for (size_t i = 0; i < a.size() && first_diff == a.size(); ++i)
-      if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) first_diff = i;
-    EXPECT_EQ(first_diff, a.size()) << "first differing logit " << first_diff << ": " << a[first_diff] << " vs "
-                                    << b[first_diff];
+    ASSERT_NO_FATAL_FAILURE(expect_same_logit_bits(a, b));
     std::printf("%s on %s: %zu logits compared\n", GetParam(), device, a.size());
   }
 }

@@ -7,26 +7,25 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "common/engine_knobs.h"
 #include "runtime/engine.h"
 
 namespace moex {
 namespace {
 
-// Logits of a prefill of three sequences, 8 decode steps of all, then 5 of the last alone; under
-// MOEX_PDL=pdl and MOEX_CUDA_GRAPHS=graphs for the whole trace (PDL is read at every launch).
+using test::cuda_engine_available;
+using test::engine_under_knob;
+using test::expect_same_logit_bits;
+
+// Logits of a prefill of three sequences, 8 decode steps of all, then 5 of the last alone;
+// MOEX_PDL=pdl for the whole trace (it is read at every launch), the model built under
+// MOEX_CUDA_GRAPHS=graphs.
 Expected<std::vector<float>> trace(const std::string& fixture, const char* pdl, const char* graphs) {
   setenv("MOEX_PDL", pdl, 1);
-  setenv("MOEX_CUDA_GRAPHS", graphs, 1);
-  EngineOptions o;
-  o.model_dir = std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/models/" + fixture;
-  o.device = "cuda";
-  o.page_size = 16;
-  o.max_context = 512;
-  auto engine = Engine::create(o);
+  auto engine = engine_under_knob(fixture, "cuda", "MOEX_CUDA_GRAPHS", graphs);
   std::vector<float> all;
   Status st = engine.status();
   if (engine) {
@@ -47,7 +46,6 @@ Expected<std::vector<float>> trace(const std::string& fixture, const char* pdl, 
     run({&seqs[2]}, 5);
   }
   unsetenv("MOEX_PDL");
-  unsetenv("MOEX_CUDA_GRAPHS");
   if (!st.is_ok()) return st;
   return all;
 }
@@ -57,23 +55,12 @@ class PdlLogits : public ::testing::TestWithParam<const char*> {};
 TEST_P(PdlLogits, BitIdenticalWithAndWithoutPdl) {
   for (const char* graphs : {"0", "1"}) {
     SCOPED_TRACE(std::string(GetParam()) + ", MOEX_CUDA_GRAPHS=" + graphs);
-    static const bool have_cuda = [] {
-      EngineOptions o;
-      o.model_dir = std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/models/qwen3_moe";
-      o.device = "cuda";
-      return Engine::create(o).has_value();
-    }();
-    if (!have_cuda) GTEST_SKIP() << "no CUDA device (or moex built without CUDA): not run";
+    if (!cuda_engine_available()) GTEST_SKIP() << "no CUDA device (or moex built without CUDA): not run";
     auto off = trace(GetParam(), "0", graphs);
     ASSERT_TRUE(off.has_value()) << off.status().message();
     auto on = trace(GetParam(), "1", graphs);
     ASSERT_TRUE(on.has_value()) << on.status().message();
-    ASSERT_FALSE(off->empty());
-    ASSERT_EQ(off->size(), on->size());
-    size_t first_diff = off->size();
-    for (size_t i = 0; i < off->size() && first_diff == off->size(); ++i)
-      if (std::memcmp(&(*off)[i], &(*on)[i], sizeof(float)) != 0) first_diff = i;
-    EXPECT_EQ(first_diff, off->size()) << "first differing logit " << first_diff;
+    ASSERT_NO_FATAL_FAILURE(expect_same_logit_bits(*off, *on));
     std::printf("%s, graphs %s: %zu logits compared\n", GetParam(), graphs, off->size());
   }
 }

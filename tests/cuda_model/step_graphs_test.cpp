@@ -6,30 +6,17 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "common/engine_knobs.h"
 #include "runtime/engine.h"
 
 namespace moex {
 namespace {
 
-std::string fixture_dir(const std::string& name) { return std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/models/" + name; }
-
-// The model reads the knob when it is built, so the engine is created under it.
-Expected<std::unique_ptr<Engine>> make_engine(const std::string& fixture, const std::string& device, bool graphs) {
-  setenv("MOEX_CUDA_GRAPHS", graphs ? "1" : "0", 1);
-  EngineOptions o;
-  o.model_dir = fixture_dir(fixture);
-  o.device = device;
-  o.page_size = 16;
-  o.max_context = 512;
-  auto e = Engine::create(o);
-  unsetenv("MOEX_CUDA_GRAPHS");
-  return e;
-}
+using test::engine_under_knob;
+using test::expect_same_logit_bits;
 
 // Logits of a prefill of two sequences, 6 decode steps of both, 4 decode steps of the second
 // alone, then a 400-token prefill of a third sequence (it grows the backend's scratch, which the
@@ -66,22 +53,17 @@ class StepGraphs : public ::testing::TestWithParam<const char*> {};
 TEST_P(StepGraphs, DecodeLogitsAreBitIdenticalToEagerSteps) {
   for (const char* device : {"cuda", "cpu"}) {
     SCOPED_TRACE(std::string(GetParam()) + " on " + device);
-    auto graphs = make_engine(GetParam(), device, true);
+    // The knob is read when the model is built.
+    auto graphs = engine_under_knob(GetParam(), device, "MOEX_CUDA_GRAPHS", "1");
     if (!graphs && std::string(device) == "cuda") {
       std::printf("no CUDA device (or moex built without CUDA): the GPU half of this test did not run\n");
       continue;
     }
     ASSERT_TRUE(graphs.has_value()) << graphs.status().message();
-    auto eager = make_engine(GetParam(), device, false);
+    auto eager = engine_under_knob(GetParam(), device, "MOEX_CUDA_GRAPHS", "0");
     ASSERT_TRUE(eager.has_value()) << eager.status().message();
     const std::vector<float> a = trace(**graphs), b = trace(**eager);
-    ASSERT_FALSE(a.empty());
-    ASSERT_EQ(a.size(), b.size());
-    size_t first_diff = a.size();
-    for (size_t i = 0; i < a.size() && first_diff == a.size(); ++i)
-      if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) first_diff = i;
-    EXPECT_EQ(first_diff, a.size()) << "first differing logit " << first_diff << ": " << a[first_diff] << " vs "
-                                    << b[first_diff];
+    ASSERT_NO_FATAL_FAILURE(expect_same_logit_bits(a, b));
     std::printf("%s on %s: %zu logits compared\n", GetParam(), device, a.size());
   }
 }

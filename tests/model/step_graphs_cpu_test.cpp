@@ -4,27 +4,17 @@
 // The GPU half (capture and replay) is tests/cuda_model/step_graphs_test.cpp.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "common/engine_knobs.h"
 #include "runtime/engine.h"
 
 namespace moex {
 namespace {
 
-Expected<std::unique_ptr<Engine>> cpu_engine(const std::string& fixture, bool graphs) {
-  setenv("MOEX_CUDA_GRAPHS", graphs ? "1" : "0", 1);
-  EngineOptions o;
-  o.model_dir = std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/models/" + fixture;
-  o.device = "cpu";
-  o.page_size = 16;
-  o.max_context = 256;
-  auto e = Engine::create(o);
-  unsetenv("MOEX_CUDA_GRAPHS");
-  return e;
-}
+using test::engine_under_knob;
 
 // Prefill of two sequences, 4 decode steps of both, 3 of the first alone.
 std::vector<float> decode_trace(Engine& e) {
@@ -51,9 +41,9 @@ std::vector<float> decode_trace(Engine& e) {
 TEST(StepGraphsCpu, RecordedWorkspaceGivesTheSameLogits) {
   for (const char* fixture : {"qwen3_moe", "deepseek_v2"}) {
     SCOPED_TRACE(fixture);
-    auto with = cpu_engine(fixture, true);
+    auto with = engine_under_knob(fixture, "cpu", "MOEX_CUDA_GRAPHS", "1", 256);
     ASSERT_TRUE(with.has_value()) << with.status().message();
-    auto without = cpu_engine(fixture, false);
+    auto without = engine_under_knob(fixture, "cpu", "MOEX_CUDA_GRAPHS", "0", 256);
     ASSERT_TRUE(without.has_value()) << without.status().message();
     const std::vector<float> a = decode_trace(**with), b = decode_trace(**without);
     ASSERT_FALSE(a.empty());
