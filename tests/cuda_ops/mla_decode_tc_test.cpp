@@ -14,8 +14,6 @@
 namespace moex::test {
 namespace {
 
-constexpr int kDk = kMlaDk, kRank = kMlaRank;
-constexpr double kTolBf16 = 5e-3;
 using Seq = MlaSeq;
 
 class MlaDecodeTcTest : public CudaOpsTest {
@@ -24,25 +22,7 @@ class MlaDecodeTcTest : public CudaOpsTest {
   void check(const std::string& name, const std::vector<Seq>& seqs, int heads, int page_size, int64_t extra_cols = 1) {
     SCOPED_TRACE(name + " heads " + std::to_string(heads) + " page " + std::to_string(page_size) + " seed " +
                  std::to_string(seed_));
-    const MlaPageTable s = make_mla_page_table(rng_, seqs, page_size, extra_cols);
-    HostTensor cache = host_tensor(DType::kBF16, {s.pages, page_size, kDk});
-    for (int64_t i = 0; i < cache.t.numel(); ++i) cache.set(i, NAN);
-    for (int32_t slot : s.owned_slots)
-      for (int64_t c = 0; c < kDk; ++c) cache.set(int64_t(slot) * kDk + c, rng_.uniform(-1.f, 1.f));
-    HostTensor q = host_random(DType::kBF16, {s.n, heads, kDk}, rng_, -1.f, 1.f);
-    HostTensor ref = host_tensor(DType::kBF16, {s.n, heads, kRank});
-    HostTensor ref_lse = host_tensor(DType::kF32, {s.n, heads});
-    ops::MlaAttentionParams p;
-    p.q = q.t; p.cache = cache.t; p.out = ref.t; p.lse = ref_lse.t;
-    p.seqs = seqs_of(s.block_table.t, s.seq_lens.t, s.query_start.t, page_size);
-    p.kv_lora_rank = kRank;
-    p.scale = 1.f / std::sqrt(192.f) * rng_.uniform(0.8f, 3.f);  // sharper softmaxes too
-    MOEX_ASSERT_OK(cpu_->mla_attention(p));
-
-    DeviceTensor dcache = to_device(*gpu_, cache), dq = to_device(*gpu_, q);
-    p.q = dq.t;
-    p.cache = dcache.t;
-    expect_gpu_mla_matches(*gpu_, p, s, page_size, heads, ref, ref_lse, kTolBf16);
+    check_mla_bf16_decode(*cpu_, *gpu_, rng_, seqs, heads, page_size, extra_cols);
   }
 };
 

@@ -1,6 +1,7 @@
 #include "cuda_ops/mla_test_util.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 namespace moex::test {
@@ -71,6 +72,29 @@ void expect_gpu_mla_matches(Backend& gpu, ops::MlaAttentionParams p, const MlaPa
       ASSERT_TRUE(rows_bit_equal(part_lse, r, all_lse, q0 + r)) << "lse of sequence " << i << " row " << r;
     }
   }
+}
+
+void check_mla_bf16_decode(Backend& cpu, Backend& gpu, Rng& rng, const std::vector<MlaSeq>& seqs, int heads,
+                           int page_size, int64_t extra_cols) {
+  const MlaPageTable s = make_mla_page_table(rng, seqs, page_size, extra_cols);
+  HostTensor cache = host_tensor(DType::kBF16, {s.pages, page_size, kMlaDk});
+  for (int64_t i = 0; i < cache.t.numel(); ++i) cache.set(i, NAN);
+  for (int32_t slot : s.owned_slots)
+    for (int64_t c = 0; c < kMlaDk; ++c) cache.set(int64_t(slot) * kMlaDk + c, rng.uniform(-1.f, 1.f));
+  HostTensor q = host_random(DType::kBF16, {s.n, heads, kMlaDk}, rng, -1.f, 1.f);
+  HostTensor ref = host_tensor(DType::kBF16, {s.n, heads, kMlaRank});
+  HostTensor ref_lse = host_tensor(DType::kF32, {s.n, heads});
+  ops::MlaAttentionParams p;
+  p.q = q.t; p.cache = cache.t; p.out = ref.t; p.lse = ref_lse.t;
+  p.seqs = seqs_of(s.block_table.t, s.seq_lens.t, s.query_start.t, page_size);
+  p.kv_lora_rank = kMlaRank;
+  p.scale = 1.f / std::sqrt(192.f) * rng.uniform(0.8f, 3.f);  // sharper softmaxes too
+  MOEX_ASSERT_OK(cpu.mla_attention(p));
+
+  DeviceTensor dcache = to_device(gpu, cache), dq = to_device(gpu, q);
+  p.q = dq.t;
+  p.cache = dcache.t;
+  expect_gpu_mla_matches(gpu, p, s, page_size, heads, ref, ref_lse, 5e-3);
 }
 
 }  // namespace moex::test

@@ -31,4 +31,10 @@ MlaPageTable make_mla_page_table(Rng& rng, const std::vector<MlaSeq>& seqs, int 
 void expect_gpu_mla_matches(Backend& gpu, ops::MlaAttentionParams p, const MlaPageTable& table, int page_size,
                             int64_t heads, const HostTensor& ref, const HostTensor& ref_lse, double tolerance);
 
+// The bf16-cache decode check of the MLA kernels: fresh random q and cache for the ragged batch
+// `seqs` (unused pages and slots past seq_len hold NaN), a random softmax scale, the CPU reference
+// on `cpu`, then expect_gpu_mla_matches on `gpu` within 5e-3.
+void check_mla_bf16_decode(Backend& cpu, Backend& gpu, Rng& rng, const std::vector<MlaSeq>& seqs, int heads,
+                           int page_size, int64_t extra_cols = 1);
+
 }  // namespace moex::test
